@@ -1,0 +1,36 @@
+"""Transformer building blocks and the encoder stack (plain ``torch.nn``)."""
+
+from encoder_transformer.attention import (
+    MultiHeadAttention,
+    attention_mask,
+    causal_mask,
+)
+from encoder_transformer.config import TransformerConfig
+from encoder_transformer.embedding import TransformerEmbedding, build_token_embedding
+from encoder_transformer.encoder import EncoderBlock, TransformerEncoder
+from encoder_transformer.feedforward import FeedForward, SwiGLU, build_feedforward
+from encoder_transformer.normalization import build_norm, residual
+from encoder_transformer.positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+)
+
+__all__ = [
+    "EncoderBlock",
+    "FeedForward",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "SwiGLU",
+    "TransformerConfig",
+    "TransformerEmbedding",
+    "TransformerEncoder",
+    "attention_mask",
+    "build_feedforward",
+    "build_norm",
+    "build_token_embedding",
+    "causal_mask",
+    "residual",
+]

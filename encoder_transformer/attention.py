@@ -1,0 +1,231 @@
+"""Multi-head attention for self- and cross-attention, with MHA, GQA and MQA.
+
+Each query token builds a weighted average of value vectors; the weights are the
+softmax of its scaled dot products with the keys:
+``Attention(Q, K, V) = softmax(Q Kᵀ / √d_h) V``. Several heads do this in parallel on
+``d_h``-wide slices, so that each can look for something different.
+
+``n_kv_heads`` picks how many key/value heads serve the ``n_heads`` query heads:
+all of them (multi-head attention, MHA), a divisor (grouped-query attention, GQA), or a
+single one (multi-query attention, MQA). Fewer key/value heads shrink the KV cache and
+speed up decoding, for a small loss in quality.
+
+Shapes: ``b`` batch, ``s_q`` query length, ``s_kv`` key length, ``d`` d_model,
+``h`` query heads, ``h_kv`` key/value heads, ``d_h`` head_dim.
+Masks are bool and **True where a token is real / may be attended to**.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encoder_transformer.positional import RotaryEmbedding
+
+
+class AttentionCache(Protocol):
+    """What attention needs from a key/value cache (``decoder_transformer.cache``).
+
+    ``length`` is the number of positions stored so far. ``update`` appends new keys
+    and values ``(b, h_kv, s_new, d_h)`` and returns all of them
+    ``(b, h_kv, length, d_h)``; ``read`` returns what is stored without appending.
+    """
+
+    @property
+    def length(self) -> int: ...
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def read(self) -> tuple[Tensor, Tensor]: ...
+
+
+def causal_mask(query_length: int, key_length: int, device=None) -> Tensor:
+    """Which keys each query may see when the queries are the *last* positions.
+
+    Query ``i`` sits at position ``key_length - query_length + i`` and may attend to
+    every key at or before it. With a KV cache the keys include earlier steps, so the
+    square lower-triangular mask becomes this bottom-right aligned one.
+
+    Returns:
+        ``(s_q, s_kv)`` bool, True where attention is allowed.
+
+    >>> causal_mask(2, 4).int()
+    tensor([[1, 1, 1, 0],
+            [1, 1, 1, 1]], dtype=torch.int32)
+    """
+    offset = key_length - query_length
+    query_positions = torch.arange(query_length, device=device).unsqueeze(1) + offset
+    key_positions = torch.arange(key_length, device=device).unsqueeze(0)
+    return key_positions <= query_positions
+
+
+def attention_mask(
+    key_padding_mask: Tensor | None,
+    query_length: int,
+    key_length: int,
+    is_causal: bool,
+) -> Tensor | None:
+    """Combines key padding and causality into one mask for SDPA.
+
+    A query row with no visible key would make softmax divide 0 by 0 (NaN). Such a row
+    only arises for a query that is itself padding (or a source made only of padding),
+    whose output is never used, so it is allowed to see every key instead.
+
+    Args:
+        key_padding_mask: ``(b, s_kv)``, True for real tokens, or None.
+        query_length: ``s_q``.
+        key_length: ``s_kv``.
+        is_causal: Whether query ``i`` may only see keys up to its own position.
+
+    Returns:
+        Bool, broadcastable to ``(b, h, s_q, s_kv)``: ``(b, 1, 1, s_kv)`` for padding
+        alone, ``(s_q, s_kv)`` for causality alone, ``(b, 1, s_q, s_kv)`` for both;
+        None when nothing is masked.
+
+    >>> attention_mask(torch.tensor([[True, True, False]]), 3, 3, True).int()
+    tensor([[[[1, 0, 0],
+              [1, 1, 0],
+              [1, 1, 0]]]], dtype=torch.int32)
+    >>> attention_mask(torch.tensor([[False, False]]), 1, 2, False).int()
+    tensor([[[[1, 1]]]], dtype=torch.int32)
+    """
+    mask = None
+    if key_padding_mask is not None:
+        mask = key_padding_mask[:, None, None, :]  # (b, 1, 1, s_kv)
+    if is_causal:
+        causal = causal_mask(query_length, key_length, device=_device(key_padding_mask))
+        mask = causal if mask is None else mask & causal
+    if mask is None:
+        return None
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def _device(tensor: Tensor | None) -> torch.device | None:
+    return None if tensor is None else tensor.device
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over ``n_heads`` query and ``n_kv_heads`` KV heads.
+
+    One module serves both uses: self-attention (queries, keys and values from the
+    same sequence) and cross-attention (queries from the decoder, keys and values from
+    the encoder's output).
+
+    Args:
+        d_model: Width of the input and output hidden states.
+        n_heads: Number of query heads ``h``.
+        n_kv_heads: Number of key/value heads ``h_kv`` (divides ``h``).
+        dropout: Dropout after the output projection.
+        attention_dropout: Dropout on the attention weights (training only).
+        bias: Whether the projections have biases.
+        rotary: Rotary embedding applied to queries and keys, or None.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        bias: bool = True,
+        rotary: RotaryEmbedding | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads or n_heads % n_kv_heads:
+            raise ValueError(
+                f"d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}: "
+                "d_model must divide by n_heads and n_heads by n_kv_heads"
+            )
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.attention_dropout = attention_dropout
+        self.rotary = rotary
+        self.query = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.key = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.value = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.output = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def split_heads(self, states: Tensor, n_heads: int) -> Tensor:
+        """``(b, s, n_heads·d_h)`` → ``(b, n_heads, s, d_h)``."""
+        batch, length, _ = states.shape
+        return states.view(batch, length, n_heads, self.head_dim).transpose(1, 2)
+
+    def project_key_values(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``(b, s_kv, d)`` states, each ``(b, h_kv, s_kv, d_h)``."""
+        keys = self.split_heads(self.key(states), self.n_kv_heads)
+        values = self.split_heads(self.value(states), self.n_kv_heads)
+        return keys, values
+
+    def forward(
+        self,
+        query_states: Tensor,
+        key_value_states: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: AttentionCache | None = None,
+    ) -> Tensor:
+        """Attends from ``query_states`` to ``key_value_states`` (itself if None).
+
+        Args:
+            query_states: ``(b, s_q, d)``.
+            key_value_states: ``(b, s_kv, d)`` for cross-attention; None for
+                self-attention.
+            key_padding_mask: ``(b, s_kv_total)`` bool, True for real keys, covering
+                every key attended to (cached ones included); None if all are real.
+            is_causal: Query ``i`` sees only keys at or before its position.
+            cache: Self-attention: the new keys/values are appended and attention
+                runs over all of them; queries start at position ``cache.length``.
+                Cross-attention: keys/values of ``key_value_states`` are projected
+                once, stored, and read back on later calls.
+
+        Returns:
+            ``(b, s_q, d)``.
+        """
+        # (b, s_q, d) -> (b, h, s_q, d_h)
+        queries = self.split_heads(self.query(query_states), self.n_heads)
+        if key_value_states is None:
+            offset = 0 if cache is None else cache.length
+            keys, values = self.project_key_values(query_states)
+            if self.rotary is not None:
+                queries = self.rotary(queries, offset)
+                keys = self.rotary(keys, offset)
+            if cache is not None:
+                keys, values = cache.update(keys, values)
+        elif cache is not None and cache.length > 0:
+            # The source does not change while decoding: reuse its keys and values.
+            keys, values = cache.read()
+        else:
+            keys, values = self.project_key_values(key_value_states)
+            if cache is not None:
+                keys, values = cache.update(keys, values)
+
+        query_length, key_length = queries.size(2), keys.size(2)
+        # A single new query comes after every cached key: causality is automatic.
+        is_causal = is_causal and query_length > 1
+        # Without padding, a square causal mask is SDPA's own (fastest) case.
+        builtin_causal = is_causal and key_padding_mask is None
+        builtin_causal = builtin_causal and query_length == key_length
+        mask = None
+        if not builtin_causal:
+            mask = attention_mask(key_padding_mask, query_length, key_length, is_causal)
+        # (b, h, s_q, d_h); SDPA scales by 1/√d_h so that dot products of random
+        # d_h-dimensional vectors keep unit variance and softmax does not saturate.
+        attended = F.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=builtin_causal,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        # (b, h, s_q, d_h) -> (b, s_q, h·d_h)
+        batch = attended.size(0)
+        attended = attended.transpose(1, 2).reshape(batch, query_length, -1)
+        return self.dropout(self.output(attended))
