@@ -1,0 +1,114 @@
+"""The key/value cache that makes step-by-step decoding cost O(s) per token, not O(s²).
+
+A decoder generates one token at a time. Without a cache, step t recomputes the keys
+and values of all t earlier tokens in every layer, although they never change (causal
+attention: a token never sees later ones). The cache keeps them: each step projects
+only the newest token and appends its key and value.
+
+Cross-attention keys and values come from the encoder output, which is fixed for a
+source sentence: they are projected at the first step and read back afterwards.
+
+Beam search keeps several hypotheses per sentence and, after each step, continues each
+surviving one from its parent beam; ``reorder`` gathers every cache along the batch by
+those parent indices, so each row again holds the history of the hypothesis it
+continues (and drops sentences that have finished).
+
+The cache is for inference (``torch.no_grad``): it writes into preallocated buffers.
+
+Shapes: ``b`` batch, ``h_kv`` key/value heads, ``s`` positions, ``d_h`` head_dim.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+class KeyValueCache:
+    """Keys and values of one attention layer, ``(b, h_kv, length, d_h)`` each.
+
+    Storage grows by doubling, so appending one step is amortized O(1) copies rather
+    than the O(length) of ``torch.cat`` at every step.
+
+    >>> import torch
+    >>> cache = KeyValueCache()
+    >>> keys, values = cache.update(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4))
+    >>> keys, values = cache.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
+    >>> cache.length, tuple(keys.shape)
+    (4, (2, 1, 4, 4))
+    """
+
+    def __init__(self) -> None:
+        self._keys: Tensor | None = None
+        self._values: Tensor | None = None
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        """Positions stored so far."""
+        return self._length
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Appends ``(b, h_kv, s_new, d_h)`` keys and values; returns all stored."""
+        end = self._length + keys.size(2)
+        if self._keys is None or end > self._keys.size(2):
+            self._grow(keys, values, capacity=max(2 * end, 16))
+        self._keys[:, :, self._length : end] = keys
+        self._values[:, :, self._length : end] = values
+        self._length = end
+        return self.read()
+
+    def read(self) -> tuple[Tensor, Tensor]:
+        """The stored keys and values, ``(b, h_kv, length, d_h)`` each (views)."""
+        if self._keys is None:
+            raise RuntimeError("the cache is empty: call update() first")
+        return (
+            self._keys[:, :, : self._length],
+            self._values[:, :, : self._length],
+        )
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keeps batch rows ``indices`` (a ``(b_new,)`` long tensor), in that order."""
+        if self._keys is not None:
+            self._keys = self._keys.index_select(0, indices)
+            self._values = self._values.index_select(0, indices)
+
+    def _grow(self, keys: Tensor, values: Tensor, capacity: int) -> None:
+        batch, heads, _, head_dim = keys.shape
+        new_keys = keys.new_empty(batch, heads, capacity, head_dim)
+        new_values = values.new_empty(batch, heads, capacity, values.size(-1))
+        if self._keys is not None:
+            new_keys[:, :, : self._length] = self._keys[:, :, : self._length]
+            new_values[:, :, : self._length] = self._values[:, :, : self._length]
+        self._keys, self._values = new_keys, new_values
+
+
+class DecoderCache:
+    """The caches of a decoder stack: self- and cross-attention, one per layer.
+
+    Args:
+        n_layers: Decoder blocks.
+        cross_attention: Whether the blocks attend to an encoder (False for a GPT).
+    """
+
+    def __init__(self, n_layers: int, cross_attention: bool = True) -> None:
+        self.self_attention = [KeyValueCache() for _ in range(n_layers)]
+        self.cross_attention = (
+            [KeyValueCache() for _ in range(n_layers)] if cross_attention else None
+        )
+
+    @property
+    def length(self) -> int:
+        """Target positions decoded so far (the position of the next token)."""
+        return self.self_attention[0].length
+
+    def reorder(self, indices: Tensor) -> None:
+        """Gathers every layer's cache along the batch: row i becomes row indices[i].
+
+        Args:
+            indices: ``(b_new,)`` long tensor of rows to keep, e.g. the parent beam of
+                each surviving hypothesis; ``b_new`` may be smaller than ``b``.
+        """
+        for cache in self.self_attention:
+            cache.reorder(indices)
+        for cache in self.cross_attention or []:
+            cache.reorder(indices)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from decoder_transformer.cache import DecoderCache, KeyValueCache
+from encoder_transformer.attention import MultiHeadAttention
+
+
+def test_growing_one_step_at_a_time_equals_concatenation():
+    cache = KeyValueCache()
+    steps = [torch.randn(2, 3, 1, 4) for _ in range(40)]  # past several regrowths
+    for step in steps:
+        keys, values = cache.update(step, step * 2)
+    expected = torch.cat(steps, dim=2)
+    torch.testing.assert_close(keys, expected)
+    torch.testing.assert_close(values, expected * 2)
+    assert cache.length == 40
+
+
+def test_reorder_gathers_and_can_shrink_the_batch():
+    cache = KeyValueCache()
+    keys = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 1).contiguous()
+    cache.update(keys, -keys)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    stored_keys, stored_values = cache.read()
+    assert stored_keys[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
+    assert stored_values[:, 0, 0, 0].tolist() == [-2.0, -2.0, -0.0]
+    cache.reorder(torch.tensor([1]))
+    assert cache.read()[0].shape == (1, 1, 2, 1)
+
+
+def test_reading_an_empty_cache_is_an_error():
+    with pytest.raises(RuntimeError, match="cache is empty"):
+        KeyValueCache().read()
+
+
+def test_decoder_cache_holds_one_cache_per_layer():
+    cache = DecoderCache(n_layers=3, cross_attention=True)
+    assert len(cache.self_attention) == len(cache.cross_attention) == 3
+    assert DecoderCache(n_layers=2, cross_attention=False).cross_attention is None
+    assert cache.length == 0
+
+
+def test_cross_attention_with_cache_projects_the_source_once():
+    attention = MultiHeadAttention(32, 4, 2).eval()
+    queries, memory = torch.randn(2, 1, 32), torch.randn(2, 7, 32)
+    cache = KeyValueCache()
+    first = attention(queries, memory, cache=cache)
+    # Later steps read the stored keys/values: the states passed are not projected.
+    again = attention(queries, torch.zeros_like(memory), cache=cache)
+    torch.testing.assert_close(first, again)
+    assert cache.length == 7
