@@ -1,0 +1,1 @@
+"""The translation application: model, data, tokenizers, training, search, CLIs."""
