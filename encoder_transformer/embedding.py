@@ -18,10 +18,12 @@ from encoder_transformer.positional import build_additive_positions
 
 
 def build_token_embedding(vocab_size: int, d_model: int, pad_id: int) -> nn.Embedding:
-    """A ``(v, d)`` table with rows drawn from N(0, 1/d) and a zero, frozen PAD row.
+    """A ``(v, d)`` table with rows drawn from N(0, 1/d) and a PAD row starting at zero.
 
     With this spread, an embedding scaled by √d has unit-variance entries, and the same
     matrix used as the LM head gives logits of order one at initialization.
+    ``padding_idx`` keeps the lookup of PAD from sending gradient to its row; a tied LM
+    head still updates it (PAD is never a training label, so only towards "not PAD").
     """
     embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
     nn.init.normal_(embedding.weight, std=d_model**-0.5)
