@@ -66,6 +66,9 @@ class TransformerConfig:
         dropout: Dropout on embeddings, after attention and feed-forward outputs, and
             inside the feed-forward network.
         attention_dropout: Dropout on the attention weights.
+        activation_dropout: Dropout on the feed-forward hidden layer (after the
+            activation); ``None`` means ``dropout``. fairseq uses 0 here: on a CPU the
+            random masks of this 4x-wide layer cost ~20% of a training step.
         activation: Feed-forward non-linearity: ``relu``, ``gelu`` or ``swiglu``.
         norm: ``layernorm`` or ``rmsnorm``.
         norm_placement: ``pre`` (normalize the sublayer's input, plus a final norm) or
@@ -92,6 +95,7 @@ class TransformerConfig:
     decoder_layers: int = 3
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    activation_dropout: float | None = None
     activation: Activation = "relu"
     norm: Norm = "layernorm"
     norm_placement: NormPlacement = "pre"
@@ -110,6 +114,8 @@ class TransformerConfig:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.source_vocab_size is None:
             object.__setattr__(self, "source_vocab_size", self.vocab_size)
+        if self.activation_dropout is None:
+            object.__setattr__(self, "activation_dropout", self.dropout)
         self._check_types()
         self._check_values()
 
@@ -153,7 +159,7 @@ class TransformerConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not one of {choices}"
                 )
-        for name in ("dropout", "attention_dropout"):
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.d_model % self.n_heads:

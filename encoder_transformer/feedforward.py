@@ -21,10 +21,20 @@ from encoder_transformer.config import TransformerConfig
 
 
 class FeedForward(nn.Module):
-    """Two linear layers with ReLU or GeLU between; ``(..., d)`` → ``(..., d)``."""
+    """Two linear layers with ReLU or GeLU between; ``(..., d)`` → ``(..., d)``.
+
+    ``dropout`` applies to the output, ``activation_dropout`` (default: the same) to
+    the hidden layer.
+    """
 
     def __init__(
-        self, d_model: int, d_ff: int, activation: str, dropout: float, bias: bool
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str,
+        dropout: float,
+        bias: bool,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if activation not in ("relu", "gelu"):
@@ -32,35 +42,57 @@ class FeedForward(nn.Module):
         self.activation = F.relu if activation == "relu" else F.gelu
         self.expand = nn.Linear(d_model, d_ff, bias=bias)
         self.contract = nn.Linear(d_ff, d_model, bias=bias)
+        hidden_dropout = dropout if activation_dropout is None else activation_dropout
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        hidden = self.dropout(self.activation(self.expand(hidden_states)))
+        hidden = self.hidden_dropout(self.activation(self.expand(hidden_states)))
         return self.dropout(self.contract(hidden))
 
 
 class SwiGLU(nn.Module):
     """The gated feed-forward unit of PaLM and LLaMA; ``(..., d)`` → ``(..., d)``."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float, bias: bool) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        dropout: float,
+        bias: bool,
+        activation_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         self.d_ff = d_ff
         # W_gate and W_up read the same input: one matrix of 2·d_ff outputs does both
         # in a single matrix product.
         self.gate_and_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
+        hidden_dropout = dropout if activation_dropout is None else activation_dropout
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         gate, up = self.gate_and_up(hidden_states).split(self.d_ff, dim=-1)
-        hidden = self.dropout(F.silu(gate) * up)
+        hidden = self.hidden_dropout(F.silu(gate) * up)
         return self.dropout(self.down(hidden))
 
 
 def build_feedforward(config: TransformerConfig) -> nn.Module:
     """The FFN that ``config.activation`` names, with ``config.d_ff`` hidden units."""
     if config.activation == "swiglu":
-        return SwiGLU(config.d_model, config.d_ff, config.dropout, config.bias)
+        return SwiGLU(
+            config.d_model,
+            config.d_ff,
+            config.dropout,
+            config.bias,
+            config.activation_dropout,
+        )
     return FeedForward(
-        config.d_model, config.d_ff, config.activation, config.dropout, config.bias
+        config.d_model,
+        config.d_ff,
+        config.activation,
+        config.dropout,
+        config.bias,
+        config.activation_dropout,
     )

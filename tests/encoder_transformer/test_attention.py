@@ -146,3 +146,18 @@ def test_rotary_attention_depends_on_relative_positions_only():
 def test_bad_head_counts_are_rejected():
     with pytest.raises(ValueError, match="n_kv_heads=3"):
         MultiHeadAttention(D_MODEL, HEADS, 3)
+
+
+def test_bf16_cpu_kernel_choice_matches_fp32_reference():
+    """The math kernel chosen for short bf16 inputs on a CPU computes the same thing."""
+    attention = MultiHeadAttention(D_MODEL, HEADS, 2).eval()
+    states = torch.randn(2, 6, D_MODEL)
+    mask = padding_mask([6, 3], 6)
+    expected = attention(states, key_padding_mask=mask, is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = attention(states, key_padding_mask=mask, is_causal=True)
+    assert actual.dtype == torch.bfloat16
+    real = mask
+    torch.testing.assert_close(
+        actual.float()[real], expected[real], atol=0.05, rtol=0.05
+    )

@@ -32,3 +32,17 @@ def test_swiglu_formula():
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="activation='tanh'"):
         FeedForward(8, 16, "tanh", 0.0, True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu"])
+def test_activation_dropout_is_separate_from_output_dropout(tiny_config, activation):
+    x = torch.randn(4, 6, 32)
+    only_hidden = build_feedforward(
+        tiny_config(activation=activation, dropout=0.0, activation_dropout=0.5)
+    ).train()
+    assert not torch.equal(only_hidden(x), only_hidden(x))  # hidden layer dropped
+    none = build_feedforward(
+        tiny_config(activation=activation, dropout=0.0, activation_dropout=0.0)
+    ).train()
+    torch.testing.assert_close(none(x), none(x))
+    assert tiny_config(dropout=0.3).activation_dropout == 0.3  # None → dropout
