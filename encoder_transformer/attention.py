@@ -122,9 +122,9 @@ def sdpa_backend(queries: Tensor, key_length: int) -> contextlib.AbstractContext
     flash kernel is the faster one. Translation sentences are short, so this matters.
     """
     low_precision = queries.dtype in (torch.bfloat16, torch.float16)
-    if queries.device.type == "cpu" and low_precision:
-        if key_length <= CPU_MATH_KERNEL_MAX_KEYS:
-            return sdpa_kernel(SDPBackend.MATH)
+    short = key_length <= CPU_MATH_KERNEL_MAX_KEYS
+    if queries.device.type == "cpu" and low_precision and short:
+        return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
 
 
