@@ -1,18 +1,22 @@
 """From configuration files to the typed dataclasses the library receives.
 
 Hydra and OmegaConf stop here: the model packages only ever see a
-:class:`~encoder_transformer.config.TransformerConfig`.
+:class:`~encoder_transformer.config.TransformerConfig`, the training code the
+dataclasses below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from encoder_transformer.config import TransformerConfig
+from machine_translation.data import CorpusSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -53,3 +57,88 @@ def load_model_config(name_or_path: str | Path, **overrides: Any) -> Transformer
             f"no model config {str(name_or_path)!r}; available: {', '.join(available)}"
         )
     return build_model_config(OmegaConf.load(path), **overrides)
+
+
+# --- The training configuration: Hydra validates conf/train.yaml against these. ---
+# Field types are those OmegaConf checks (str, int, float, bool, X | None), so a typo
+# in a key or a wrong type fails when the config is composed, naming the field.
+
+
+@dataclass
+class DataConfig:
+    """Corpora, tokenizer size and batching (``conf/data/*.yaml``)."""
+
+    train: list[CorpusSpec] = field(default_factory=list)
+    valid: list[CorpusSpec] = field(default_factory=list)
+    vocab_size: int = 8000  # joint BPE vocabulary trained on the training text
+    max_tokens: int = 4096  # per batch: sentences × longest side, padding included
+    max_source_length: int = 128  # tokens; longer training pairs are skipped
+    max_target_length: int = 128
+    max_length_ratio: float = 9.0  # characters, longer side / shorter side
+    valid_bleu_sentences: int = 500  # greedy-decoded for BLEU at each validation
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the loss (``conf/optim/*.yaml``)."""
+
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.01  # on weight matrices only, not norms, biases, tables
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # gradient norm clipping; 0 disables it
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (``conf/schedule/*.yaml``)."""
+
+    kind: str = "inverse_sqrt"  # inverse_sqrt | cosine | constant
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0  # cosine: floor as a fraction of the peak
+
+
+@dataclass
+class TrainerConfig:
+    """The loop: length, validation, precision, device (``conf/trainer/*.yaml``)."""
+
+    max_steps: int = 100_000
+    max_epochs: int = 1000
+    max_minutes: float | None = None  # stop (and save) after this wall time
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_every: int = 500  # steps between validations
+    log_every: int = 10  # steps between training records in metrics.jsonl
+    patience: int = 10  # validations without a better BLEU before stopping; 0 = off
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto (cuda → mps → cpu) | cpu | cuda | cuda:1 | mps
+    seed: int = 1
+    threads: int | None = None  # CPU threads for torch; None = torch's default
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class TrainConfig:
+    """The whole run (``conf/train.yaml``); TransformerConfig checks ``model``."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = "en-fr"  # runs/<name>/<timestamp>/
+    runs_dir: str = "runs"
+    resume: Any = False  # false | true (the latest run of <name>) | a checkpoint path
+
+
+def register_configs() -> None:
+    """Registers the schema so that ``conf/train.yaml`` is validated against it."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """The composed Hydra config as plain dataclasses (``model`` stays a dict)."""
+    container = OmegaConf.to_object(cfg)
+    assert isinstance(container, TrainConfig)
+    return container

@@ -1,0 +1,113 @@
+"""Where and how computation runs: device, numeric precision, distributed processes.
+
+- Device ``auto`` picks CUDA, then Apple's MPS, then the CPU.
+- Precision ``auto`` picks bf16 autocast where the hardware computes in bf16 natively
+  (CUDA GPUs since Ampere; CPUs with AVX-512 BF16 or AMX, where a bf16 matrix product
+  runs several times faster than fp32), fp16 with a gradient scaler on older GPUs,
+  else fp32. Autocast keeps the weights and the optimizer in fp32 and runs matrix
+  products in the low precision.
+- Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each process joins a process
+  group (NCCL on GPUs, Gloo on CPUs) and trains on its own shard of batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; otherwise the named device.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text(errors="ignore")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → ``bf16``, ``fp16`` or ``fp32`` for ``device``; checks the others.
+
+    >>> resolve_precision("fp32", torch.device("cpu"))
+    'fp32'
+    """
+    if name not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"precision={name!r} is not one of auto, bf16, fp16, fp32")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, metrics and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Joins the process group under ``torchrun``; picks this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), resolve_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    return Distributed(rank, world_size, local_rank), device
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

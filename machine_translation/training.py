@@ -1,0 +1,427 @@
+"""The one training loop, shared by translation and the GPT mode.
+
+What is being learned is a :class:`TrainingTask`: it owns the model, the batches and
+the validation. The loop owns everything else: AdamW, the learning-rate schedule,
+gradient accumulation and clipping, mixed precision, DistributedDataParallel,
+validation every N steps with early stopping, checkpoints (``best.pt`` by the task's
+score, ``last.pt`` with the full training state), resumption, Ctrl+C / SIGTERM, the
+progress bar and the metrics.
+
+Exactness of resume: a training checkpoint holds the model, optimizer, scheduler,
+step, sampler position and every RNG state, so a resumed run takes the same batches
+in the same order with the same dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from machine_translation.checkpoint import save_checkpoint
+from machine_translation.config import OptimConfig, ScheduleConfig, TrainerConfig
+from machine_translation.metrics import MetricsLog
+from machine_translation.runtime import Distributed, autocast
+from machine_translation.schedule import build_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingTask(Protocol):
+    """What the loop needs to know about the thing being trained."""
+
+    name: str  # stored in checkpoints: "translation" or "gpt"
+    model: nn.Module
+    score_name: str  # validation metric that selects best.pt, e.g. "bleu"
+    higher_is_better: bool
+
+    def batches(self) -> Iterator[Any]:
+        """This rank's training batches from the sampler's current position."""
+
+    def sampler_state(self) -> dict[str, int]: ...
+
+    def load_sampler_state(self, state: dict[str, int]) -> None: ...
+
+    def next_epoch(self) -> None: ...
+
+    def loss(self, model: nn.Module, batch: Any, label_smoothing: float) -> Tensor:
+        """Summed token loss of ``batch`` (the loop divides by ``tokens``)."""
+
+    def tokens(self, batch: Any) -> tuple[int, int]:
+        """(tokens the loss is summed over, all tokens processed) in ``batch``."""
+
+    def validate(self, precision: str) -> dict[str, float]:
+        """Validation metrics; must include ``loss`` and ``score_name``."""
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """What a checkpoint needs besides weights: model config, tokenizer..."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainingState:
+    """Counters that checkpoints carry, so a resumed run continues them."""
+
+    step: int = 0
+    epoch: int = 0
+    best_score: float | None = None
+    validations_without_improvement: int = 0
+    elapsed_seconds: float = 0.0
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        fused=True,
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the loop draws from (dropout, shuffles)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """``random.setstate`` needs tuples where serialization may have made lists."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(item) for item in value)
+    return value
+
+
+class GracefulStop:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next safe point."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = signal.Signals(signum).name
+        # A second Ctrl+C stops at once, for a user who really means it.
+        signal.signal(signum, self._previous[signum])
+
+
+class Trainer:
+    """Runs the loop for a task and writes the run directory.
+
+    Args:
+        task: The model, data and validation.
+        optim: Optimizer and loss settings.
+        schedule: Learning-rate schedule.
+        trainer: Loop settings (steps, validation, precision...).
+        run_dir: ``runs/<name>/<timestamp>``; checkpoints go to ``run_dir/checkpoints``.
+        device: Where the model runs.
+        precision: ``bf16``, ``fp16`` or ``fp32`` (already resolved).
+        distributed: This process's rank among the training processes.
+        run_config: The resolved run config, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        task: TrainingTask,
+        optim: OptimConfig,
+        schedule: ScheduleConfig,
+        trainer: TrainerConfig,
+        run_dir: Path,
+        device: torch.device,
+        precision: str,
+        distributed: Distributed | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.task, self.optim_config, self.config = task, optim, trainer
+        self.run_dir, self.device, self.precision = run_dir, device, precision
+        self.distributed = distributed or Distributed()
+        self.run_config = run_config or {}
+        self.model = task.model.to(device)
+        self.optimizer = build_optimizer(self.model, optim)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            schedule.kind,
+            schedule.warmup_steps,
+            trainer.max_steps,
+            schedule.min_lr_ratio,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.trained_model: nn.Module = (
+            DistributedDataParallel(self.model)
+            if self.distributed.enabled
+            else self.model
+        )
+        self.state = TrainingState()
+        self.metrics = MetricsLog(run_dir) if self.distributed.is_main else None
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def checkpoint_path(self, kind: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{kind}.pt"
+
+    def save(self, kind: str, with_training_state: bool) -> Path | None:
+        """Writes ``best.pt`` or ``last.pt`` (rank 0 only)."""
+        if not self.distributed.is_main:
+            return None
+        payload: dict[str, Any] = {
+            "task": self.task.name,
+            "model": self.model.state_dict(),
+            "step": self.state.step,
+            "score": {self.task.score_name: self.state.best_score},
+            **self.task.checkpoint_payload(),
+        }
+        if with_training_state:
+            payload["training"] = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "state": vars(self.state).copy(),
+                "sampler": self.task.sampler_state(),
+                "rng": rng_state(),
+                "config": self.run_config,
+            }
+        return save_checkpoint(payload, self.checkpoint_path(kind))
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continues from a training checkpoint (``last.pt``)."""
+        training = checkpoint["training"]
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        self.state = TrainingState(**training["state"])
+        self.task.load_sampler_state(training["sampler"])
+        restore_rng_state(training["rng"])
+
+    # --- the loop --------------------------------------------------------------------
+
+    def train(self) -> TrainingState:
+        """Trains until max_steps, max_epochs, max_minutes, early stop or a signal."""
+        start = time.perf_counter() - self.state.elapsed_seconds
+        progress = tqdm(
+            total=self.config.max_steps,
+            initial=self.state.step,
+            disable=not (self.config.progress and self.distributed.is_main),
+            dynamic_ncols=True,
+            desc="train",
+        )
+        window = {
+            "loss": 0.0,
+            "tokens": 0,
+            "all_tokens": 0,
+            "time": time.perf_counter(),
+        }
+        stop_reason = None
+        with GracefulStop() as graceful:
+            while stop_reason is None:
+                for micro_batches in self._steps():
+                    loss_sum, tokens, all_tokens = self._optimizer_step(micro_batches)
+                    self.state.step += 1
+                    window["loss"] += loss_sum
+                    window["tokens"] += tokens
+                    window["all_tokens"] += all_tokens
+                    self.state.elapsed_seconds = time.perf_counter() - start
+                    progress.update(1)
+                    if self.state.step % self.config.log_every == 0:
+                        self._report_training(progress, window)
+                    stop_reason = self._stop_reason(graceful)
+                    if self.state.step % self.config.eval_every == 0 or stop_reason:
+                        stop_reason = self._validate_and_save() or stop_reason
+                    if stop_reason:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.task.next_epoch()
+                    if self.state.epoch >= self.config.max_epochs:
+                        stop_reason = f"reached max_epochs={self.config.max_epochs}"
+                        self._validate_and_save()
+        progress.close()
+        logger.info("training stopped: %s", stop_reason)
+        if graceful.requested and self.distributed.is_main:
+            logger.info(
+                "%s received: saved %s; continue with resume=true",
+                graceful.requested,
+                self.checkpoint_path("last"),
+            )
+        return self.state
+
+    def _steps(self) -> Iterator[list[Any]]:
+        """Groups this epoch's batches into the micro-batches of each optimizer step."""
+        group: list[Any] = []
+        for batch in self.task.batches():
+            group.append(batch)
+            if len(group) == self.config.grad_accum:
+                yield group
+                group = []
+        if group:  # the epoch's last, smaller step
+            yield group
+
+    def _optimizer_step(self, micro_batches: list[Any]) -> tuple[float, int, int]:
+        """Forward and backward over the micro-batches, then one update.
+
+        Every token of the step weighs the same: each micro-batch's summed loss is
+        divided by the step's total token count, summed over all processes (DDP then
+        averages gradients over processes, hence the factor ``world_size``).
+        """
+        counts = [self.task.tokens(batch) for batch in micro_batches]
+        step_tokens = torch.tensor(
+            [sum(c[0] for c in counts), sum(c[1] for c in counts)], dtype=torch.float64
+        )
+        if self.distributed.enabled:
+            dist.all_reduce(step_tokens)
+        total_tokens = max(step_tokens[0].item(), 1.0)
+        loss_sum = 0.0
+        self.trained_model.train()
+        for index, batch in enumerate(micro_batches):
+            batch = batch.to(self.device)
+            last = index == len(micro_batches) - 1
+            # Gradients are averaged across processes once, after the last micro-batch.
+            skip_sync = self.distributed.enabled and not last
+            with (
+                self.trained_model.no_sync() if skip_sync else contextlib.nullcontext()
+            ):
+                with autocast(self.device, self.precision):
+                    summed = self.task.loss(
+                        self.trained_model, batch, self.optim_config.label_smoothing
+                    )
+                scaled = summed * (self.distributed.world_size / total_tokens)
+                self.scaler.scale(scaled).backward()
+            loss_sum += summed.item()
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLossError(
+                f"the loss became {loss_sum} at step {self.state.step + 1}; the last "
+                f"good checkpoint is {self.checkpoint_path('last')}. Lower optim.lr, "
+                "raise schedule.warmup_steps or use trainer.precision=fp32"
+            )
+        if self.optim_config.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.optim_config.clip_norm
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        local_tokens = sum(c[0] for c in counts)
+        return loss_sum, local_tokens, sum(c[1] for c in counts)
+
+    def _stop_reason(self, graceful: GracefulStop) -> str | None:
+        reason = self._local_stop_reason(graceful)
+        if self.distributed.enabled:
+            # Every process must stop at the same step, or the others wait forever.
+            flag = torch.tensor([reason is not None], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and reason is None:
+                reason = "another process stopped"
+        return reason
+
+    def _local_stop_reason(self, graceful: GracefulStop) -> str | None:
+        if graceful.requested:
+            return f"{graceful.requested} received"
+        if self.state.step >= self.config.max_steps:
+            return f"reached max_steps={self.config.max_steps}"
+        minutes = self.config.max_minutes
+        if minutes is not None and self.state.elapsed_seconds >= 60 * minutes:
+            return f"reached max_minutes={minutes}"
+        return None
+
+    def _report_training(self, progress: tqdm, window: dict[str, float]) -> None:
+        now = time.perf_counter()
+        seconds = max(now - window["time"], 1e-9)
+        loss = window["loss"] / max(window["tokens"], 1)
+        tokens_per_second = window["all_tokens"] * self.distributed.world_size / seconds
+        lr = self.scheduler.get_last_lr()[0]
+        progress.set_postfix(
+            loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}"
+        )
+        if self.metrics is not None:
+            self.metrics.log(
+                "train",
+                step=self.state.step,
+                epoch=self.state.epoch,
+                loss=loss,
+                lr=lr,
+                tokens_per_second=tokens_per_second,
+                elapsed_seconds=self.state.elapsed_seconds,
+            )
+        window.update(loss=0.0, tokens=0, all_tokens=0, time=now)
+
+    def _validate_and_save(self) -> str | None:
+        """Validates, saves best/last, and says whether to stop early."""
+        metrics = self.task.validate(self.precision)
+        score = metrics[self.task.score_name]
+        best = self.state.best_score
+        improved = best is None or (
+            score > best if self.task.higher_is_better else score < best
+        )
+        if improved:
+            self.state.best_score = score
+            self.state.validations_without_improvement = 0
+        else:
+            self.state.validations_without_improvement += 1
+        if self.metrics is not None:
+            self.metrics.log(
+                "valid",
+                step=self.state.step,
+                epoch=self.state.epoch,
+                elapsed_seconds=self.state.elapsed_seconds,
+                **metrics,
+            )
+            self.metrics.plot()
+        if self.distributed.is_main:
+            logger.info(
+                "step %d: %s",
+                self.state.step,
+                ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+            )
+        if improved:
+            self.save("best", with_training_state=False)
+        self.save("last", with_training_state=True)
+        patience = self.config.patience
+        if patience and self.state.validations_without_improvement >= patience:
+            return f"no better {self.task.score_name} in {patience} validations"
+        return None

@@ -1,0 +1,200 @@
+"""The training loop end to end, on a slice of the shipped Multi30K data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from machine_translation.checkpoint import load_checkpoint
+from machine_translation.config import CONFIG_DIR, register_configs, to_train_config
+from machine_translation.train import train
+
+PROJECT_ROOT = CONFIG_DIR.parent
+
+
+def compose_config(runs_dir: Path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose(
+            "train", overrides=["+experiment=smoke", f"runs_dir={runs_dir}", *overrides]
+        )
+    return to_train_config(cfg)
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    with open(run_dir / "metrics.jsonl") as file:
+        rows = [json.loads(line) for line in file]
+    return [row for row in rows if row["kind"] == kind]
+
+
+def run_cli(
+    *arguments: str, timeout: int = 300, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "machine_translation.train", *arguments],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def test_short_run_lowers_validation_loss_and_writes_the_run(tmp_path):
+    run_dir = train(compose_config(tmp_path))
+    valid = records(run_dir, "valid")
+    assert [row["step"] for row in valid] == [30, 60]
+    # ln(400) ≈ 6.0 at the start (uniform over the vocabulary)
+    assert valid[1]["loss"] < valid[0]["loss"] < 5.5
+    assert valid[1]["loss"] < 5.0
+    assert {"loss", "perplexity", "bleu"} <= set(valid[1])
+    for name in ("config.yaml", "tokenizer.json", "train.log", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert "training" not in best  # inference checkpoint
+    assert {"model_config", "tokenizer", "model"} <= set(best)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["training"]["state"]["step"] == 60
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    # 4096-token batches make 26 per epoch: the resumed part crosses an epoch end.
+    common = ["data.max_tokens=4096", "trainer.eval_every=15"]
+    whole = train(compose_config(tmp_path / "a", *common, "trainer.max_steps=30"))
+    first = train(compose_config(tmp_path / "b", *common, "trainer.max_steps=15"))
+    resumed = train(
+        compose_config(tmp_path / "b", *common, "trainer.max_steps=30", "resume=true")
+    )
+    assert resumed == first
+    losses = {row["step"]: row["loss"] for row in records(whole, "train")}
+    resumed_losses = {row["step"]: row["loss"] for row in records(resumed, "train")}
+    assert sorted(resumed_losses) == list(range(1, 31))
+    assert [resumed_losses[s] for s in range(16, 31)] == [
+        losses[s] for s in range(16, 31)
+    ]
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["training"]["state"]["epoch"] == b["training"]["state"]["epoch"] >= 1
+    assert a["training"]["sampler"] == b["training"]["sampler"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "machine_translation.train",
+            "+experiment=smoke",
+            f"runs_dir={tmp_path}",
+            "trainer.max_steps=100000",
+            "trainer.eval_every=100000",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 180
+    metrics = None
+    while time.time() < deadline and process.poll() is None:
+        found = list(tmp_path.glob("smoke/*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics = found[0]
+            break
+        time.sleep(0.2)
+    assert metrics is not None, "training did not start"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "SIGINT received" in stderr
+    checkpoint = load_checkpoint(metrics.parent / "checkpoints" / "last.pt")
+    assert checkpoint["training"]["state"]["step"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.max_step=5", "max_step"),
+        ("optim.lr=fast", "optim.lr"),
+        (
+            "+model.d_modle=64",
+            "unknown model config key 'd_modle' (did you mean 'd_model'?)",
+        ),
+        ("model.n_heads=5", "d_model=64 is not divisible by n_heads=5"),
+    ],
+)
+def test_config_mistakes_fail_naming_the_field(tmp_path, override, expected):
+    result = run_cli("+experiment=smoke", f"runs_dir={tmp_path}", override, timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_diverging_loss_stops_with_a_clear_message(tmp_path):
+    result = run_cli(
+        "+experiment=smoke",
+        f"runs_dir={tmp_path}",
+        "optim.lr=1e12",
+        "optim.clip_norm=0",
+        "schedule.warmup_steps=1",
+        "trainer.eval_every=1",
+        "trainer.max_steps=40",
+        "data.valid_bleu_sentences=2",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: the loss became" in result.stderr
+    (last,) = tmp_path.glob("smoke/*/checkpoints/last.pt")
+    assert load_checkpoint(last)["training"]["state"]["step"] >= 1
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    common = [
+        "+experiment=smoke",
+        "trainer.max_steps=3",
+        "trainer.eval_every=3",
+        "model.dropout=0.0",
+        "data.valid_bleu_sentences=4",
+    ]
+    single = run_cli(*common, f"runs_dir={tmp_path / 'one'}", "trainer.grad_accum=2")
+    assert single.returncode == 0, single.stderr
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    distributed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "machine_translation.train",
+            *common,
+            f"runs_dir={tmp_path / 'two'}",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert distributed.returncode == 0, distributed.stderr
+    assert "(2 processes)" in distributed.stderr
+    (one,) = tmp_path.glob("one/smoke/*/checkpoints/last.pt")
+    (two,) = tmp_path.glob("two/smoke/*/checkpoints/last.pt")
+    a, b = load_checkpoint(one), load_checkpoint(two)
+    assert a["tokenizer"] == b["tokenizer"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, atol=2e-5, rtol=1e-4)
+    before = torch.load(one, weights_only=True)  # training really moved the weights
+    assert before["training"]["state"]["step"] == 3
