@@ -17,7 +17,6 @@ from typing import Any
 
 import sacrebleu
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from machine_translation.data import (
@@ -26,6 +25,7 @@ from machine_translation.data import (
     TokenBatchSampler,
     collate,
 )
+from machine_translation.loss import label_smoothed_cross_entropy
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import autocast
 from machine_translation.search import greedy_search
@@ -73,33 +73,6 @@ def encode_corpus(
         [corpus.targets[i] for i in keep],
     )
     return encoded, len(sources) - len(keep)
-
-
-def label_smoothed_loss(
-    logits: Tensor, labels: Tensor, pad_id: int, label_smoothing: float
-) -> Tensor:
-    """Summed cross-entropy over non-PAD labels, with label smoothing.
-
-    Label smoothing (Szegedy et al. 2016) trains towards ``1 - ε`` on the right token
-    and ``ε`` spread over the vocabulary: the model stays less certain, which costs
-    perplexity but improves BLEU.
-
-    Args:
-        logits: ``(b, s_tgt, v)``.
-        labels: ``(b, s_tgt)`` target ids, PAD where there is no token.
-        pad_id: Ignored label.
-        label_smoothing: ε.
-
-    Returns:
-        A scalar: the loss summed over real tokens.
-    """
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        labels.flatten(),
-        ignore_index=pad_id,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
 
 
 class TranslationTask:
@@ -181,7 +154,7 @@ class TranslationTask:
         logits = model(
             batch.source_ids, batch.source_mask, batch.target_input, batch.target_mask
         )
-        return label_smoothed_loss(
+        return label_smoothed_cross_entropy(
             logits, batch.target_output, self.tokenizer.pad_id, label_smoothing
         )
 
