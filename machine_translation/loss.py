@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # Rows per chunk: a (64, 8000) fp32 block is 2 MB and stays in cache through the
 # several elementwise passes of forward and backward.
 CHUNK_ROWS = 64
