@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.search import greedy_search
+from machine_translation.search import beam_search, greedy_search
 
 PAD, BOS, EOS, FIRST_SYMBOL, VOCAB = 0, 1, 2, 3, 13
 
@@ -70,3 +70,29 @@ def test_tiny_model_learns_to_reverse_sequences(tiny_config, variant):
     )
     expected = [source.flip(0).tolist() for source in sources]
     assert outputs == expected
+
+    # Beam search finds outputs at least as probable as greedy's (α = 0: raw scores).
+    beams = beam_search(
+        model,
+        source_ids,
+        source_mask,
+        bos_id=BOS,
+        eos_id=EOS,
+        pad_id=PAD,
+        beam_size=5,
+        alpha=0.0,
+    )
+    for source, output, (best,) in zip(source_ids, outputs, beams, strict=True):
+        greedy_log_probability = sequence_log_probability(model, source, output)
+        assert best.log_probability >= greedy_log_probability - 1e-4
+    assert [hypotheses[0].tokens for hypotheses in beams] == expected
+
+
+def sequence_log_probability(model, source_ids, tokens):
+    """log p(tokens + EOS | source) under the model, by one full forward pass."""
+    source_ids = source_ids[source_ids != PAD][None]
+    decoder_input = torch.tensor([[BOS, *tokens]])
+    labels = torch.tensor([[*tokens, EOS]])
+    with torch.no_grad():
+        log_probs = model(source_ids, None, decoder_input).log_softmax(-1)
+    return log_probs.gather(-1, labels[..., None]).sum().item()

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.search import greedy_search
+from machine_translation.search import beam_search, greedy_search
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -21,7 +22,8 @@ def test_greedy_stops_at_the_length_limit(tiny_config):
         max_length_a=1.0,
         max_length_b=2,
     )
-    assert [len(output) for output in outputs] == [3 + 2, 4 + 2]
+    # Limits 3+2 and 4+2 count the EOS that ends each output.
+    assert [len(output) for output in outputs] == [3 + 2 - 1, 4 + 2 - 1]
     assert all(PAD not in output for output in outputs)
 
 
@@ -55,6 +57,125 @@ def test_greedy_equals_argmax_of_full_recomputation(tiny_config):
     with torch.no_grad():
         for _ in range(len(output)):
             logits = model(source, None, torch.tensor([prefix]))[0, -1]
-            logits[PAD] = float("-inf")
+            logits[[PAD, BOS]] = float("-inf")
             prefix.append(int(logits.argmax()))
     assert prefix[1:] == output
+
+
+# --- beam search -----------------------------------------------------------------
+
+
+class TokenHistory:
+    """A 'cache' that only remembers the tokens, reordered like the real one."""
+
+    tokens = None
+
+    def reorder(self, indices):
+        self.tokens = self.tokens.index_select(0, indices)
+
+
+class FullRecompute:
+    """The model without a KV cache: each step reruns the decoder on all tokens."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, source_ids, source_mask):
+        return self.model.encode(source_ids, source_mask)
+
+    def new_cache(self):
+        return TokenHistory()
+
+    def decode_step(self, tokens, encoder_hidden_states, source_mask, cache):
+        if cache.tokens is None:
+            cache.tokens = tokens
+        else:
+            cache.tokens = torch.cat([cache.tokens, tokens], dim=1)
+        logits = self.model.decoder(
+            cache.tokens, None, encoder_hidden_states, source_mask
+        )
+        return logits[:, -tokens.size(1) :]
+
+
+def search_kwargs(**overrides):
+    return {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD, **overrides}
+
+
+def random_batch(lengths, vocabulary=37):
+    sources = [torch.randint(3, vocabulary, (n,)) for n in lengths]
+    batch = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True)
+    return sources, batch, batch != PAD
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
+def test_beam_size_one_equals_greedy(tiny_config, positions):
+    model = Seq2SeqTransformer(tiny_config(positions=positions, n_kv_heads=2)).eval()
+    _, batch, mask = random_batch([4, 9, 6, 2, 7])
+    prefixes = [[], [5, 6], [7], [], [8, 9, 10, 11, 12, 13]]
+    for kwargs in ({}, {"prefixes": prefixes}):
+        greedy = greedy_search(model, batch, mask, **search_kwargs(**kwargs))
+        beam = beam_search(model, batch, mask, **search_kwargs(beam_size=1, **kwargs))
+        assert [hypotheses[0].tokens for hypotheses in beam] == greedy
+
+
+def test_cached_beam_search_equals_full_recomputation(tiny_config):
+    model = Seq2SeqTransformer(tiny_config(positions="rope", n_kv_heads=1)).eval()
+    _, batch, mask = random_batch([5, 8, 3])
+    kwargs = search_kwargs(beam_size=4, nbest=4, alpha=0.6)
+    cached = beam_search(model, batch, mask, **kwargs)
+    uncached = beam_search(FullRecompute(model), batch, mask, **kwargs)
+    for ours, reference in zip(cached, uncached, strict=True):
+        assert [h.tokens for h in ours] == [h.tokens for h in reference]
+        for a, b in zip(ours, reference, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_nbest_lists_are_sorted_and_sized(tiny_config):
+    model = Seq2SeqTransformer(tiny_config()).eval()
+    _, batch, mask = random_batch([6, 4])
+    results = beam_search(model, batch, mask, **search_kwargs(beam_size=5, nbest=3))
+    for hypotheses in results:
+        assert len(hypotheses) == 3
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hypotheses}) == 3
+
+
+def test_beam_sentence_in_a_padded_batch_decodes_as_alone(tiny_config):
+    model = Seq2SeqTransformer(tiny_config(n_kv_heads=2)).eval()
+    sources, batch, mask = random_batch([4, 9, 6])
+    kwargs = search_kwargs(beam_size=3, nbest=3)
+    in_batch = beam_search(model, batch, mask, **kwargs)
+    for source, hypotheses in zip(sources, in_batch, strict=True):
+        alone = beam_search(
+            model, source[None], torch.ones(1, len(source), dtype=torch.bool), **kwargs
+        )[0]
+        assert [h.tokens for h in hypotheses] == [h.tokens for h in alone]
+        for a, b in zip(hypotheses, alone, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_beam_stops_at_the_length_limit(tiny_config):
+    model = Seq2SeqTransformer(tiny_config()).eval()
+    with torch.no_grad():
+        model.decoder.embedding.tokens.weight[EOS] = -100.0
+    source = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    results = beam_search(
+        model,
+        source,
+        source != PAD,
+        **search_kwargs(beam_size=3, max_length_a=1.0, max_length_b=2),
+    )
+    assert [len(h[0].tokens) for h in results] == [3 + 2 - 1, 4 + 2 - 1]
+
+
+def test_forced_prefix_starts_every_output(tiny_config):
+    model = Seq2SeqTransformer(tiny_config()).eval()
+    _, batch, mask = random_batch([5, 5])
+    prefixes = [[11, 12, 13], []]
+    greedy = greedy_search(model, batch, mask, **search_kwargs(prefixes=prefixes))
+    beam = beam_search(
+        model, batch, mask, **search_kwargs(beam_size=4, nbest=4, prefixes=prefixes)
+    )
+    assert greedy[0][:3] == [11, 12, 13]
+    assert all(h.tokens[:3] == [11, 12, 13] for h in beam[0])
