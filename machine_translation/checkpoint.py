@@ -124,3 +124,34 @@ def find_checkpoint(
         if path.is_file():
             return path
     raise CheckpointError(f"{run}/checkpoints holds no best.pt or last.pt")
+
+
+def load_translation_model(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuilds the model and tokenizer stored in a translation checkpoint.
+
+    Returns:
+        ``(model, tokenizer, payload)``: the model in eval mode on ``device``, its
+        :class:`~machine_translation.tokenizer.BPETokenizer`, and the raw payload.
+
+    Raises:
+        CheckpointError: unreadable file, or not a translation checkpoint.
+    """
+    # Imported here: loading files must not require building models at import time.
+    from machine_translation.config import build_model_config
+    from machine_translation.model import Seq2SeqTransformer
+    from machine_translation.tokenizer import BPETokenizer
+
+    payload = load_checkpoint(path)
+    task = payload.get("task", "translation")
+    if task != "translation":
+        raise CheckpointError(f"{path} is a {task!r} checkpoint, not a translation one")
+    try:
+        model = Seq2SeqTransformer(build_model_config(payload["model_config"]))
+        model.load_state_dict(payload["model"])
+        tokenizer = BPETokenizer.from_json(payload["tokenizer"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"{path} does not hold a usable model: {type(error).__name__} {first_line}"
+        ) from error
+    return model.to(device).eval(), tokenizer, payload

@@ -28,8 +28,8 @@ from machine_translation.data import (
 from machine_translation.loss import label_smoothed_cross_entropy
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import autocast
-from machine_translation.search import greedy_search
 from machine_translation.tokenizer import BPETokenizer
+from machine_translation.translator import translate_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +188,14 @@ class TranslationTask:
         # Evenly spread over the validation set, which may concatenate corpora.
         step = len(self.valid_data) / count
         chosen = [int(i * step) for i in range(count)]
-        hypotheses = translate_ids(
+        translations = translate_token_ids(
             self.model,
             self.tokenizer,
             [self.valid_data.source_ids[i] for i in chosen],
             self.device,
             precision,
         )
+        hypotheses = [candidates[0].text for candidates in translations]
         references = [self.valid_data.target_texts[i] for i in chosen]
         return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
@@ -203,42 +204,3 @@ class TranslationTask:
             "model_config": self.model.config.to_dict(),
             "tokenizer": self.tokenizer.to_json(),
         }
-
-
-@torch.no_grad()
-def translate_ids(
-    model: Seq2SeqTransformer,
-    tokenizer: BPETokenizer,
-    source_ids: Sequence[Sequence[int]],
-    device: torch.device,
-    precision: str = "fp32",
-    batch_size: int = 64,
-) -> list[str]:
-    """Greedy translations of tokenized sources, in their original order.
-
-    Sentences are decoded in batches of similar length, so little work goes to padding.
-    """
-    model.eval()
-    order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
-    translations: list[str] = [""] * len(source_ids)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = collate(
-            [source_ids[i] for i in rows],
-            [[] for _ in rows],
-            pad_id=tokenizer.pad_id,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-        ).to(device)
-        with autocast(device, precision):
-            outputs = greedy_search(
-                model,
-                batch.source_ids,
-                batch.source_mask,
-                bos_id=tokenizer.bos_id,
-                eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id,
-            )
-        for row, text in zip(rows, tokenizer.decode_batch(outputs), strict=True):
-            translations[row] = text
-    return translations

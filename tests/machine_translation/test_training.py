@@ -12,22 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import PROJECT_ROOT, compose_config
 
 from machine_translation.checkpoint import load_checkpoint
-from machine_translation.config import CONFIG_DIR, register_configs, to_train_config
 from machine_translation.train import train
-
-PROJECT_ROOT = CONFIG_DIR.parent
-
-
-def compose_config(runs_dir: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
-        cfg = compose(
-            "train", overrides=["+experiment=smoke", f"runs_dir={runs_dir}", *overrides]
-        )
-    return to_train_config(cfg)
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

@@ -1,0 +1,182 @@
+"""From text to translations with a trained model: batching, search, detokenization.
+
+:func:`translate_token_ids` is the engine that validation, ``evaluate`` and
+``translate`` share: it sorts sentences by length so that batches waste little on
+padding, runs greedy (beam size 1) or beam search, and puts the results back in the
+input order. :class:`Translator` adds what text input needs: loading a checkpoint,
+tokenizing, empty lines, and sources longer than the model can read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from machine_translation.checkpoint import load_translation_model
+from machine_translation.data import collate
+from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime import autocast, resolve_device, resolve_precision
+from machine_translation.search import beam_search, greedy_search
+from machine_translation.tokenizer import BPETokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Translation:
+    """One output: the text and, from beam search, its length-normalized score."""
+
+    text: str
+    score: float | None = None
+
+
+@torch.no_grad()
+def translate_token_ids(
+    model: Seq2SeqTransformer,
+    tokenizer: BPETokenizer,
+    source_ids: Sequence[Sequence[int]],
+    device: torch.device,
+    precision: str = "fp32",
+    *,
+    beam_size: int = 1,
+    nbest: int = 1,
+    alpha: float = 1.0,
+    batch_size: int = 64,
+    max_length_a: float = 1.5,
+    max_length_b: int = 10,
+) -> list[list[Translation]]:
+    """Translations of tokenized sources, in input order; ``nbest`` per source.
+
+    Args:
+        model: The model, on ``device``.
+        tokenizer: Its tokenizer.
+        source_ids: Token ids per sentence (no BOS/EOS), each non-empty and at most
+            ``model.config.max_positions`` long.
+        device: Where to compute.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        beam_size: 1 for greedy search, more for beam search.
+        nbest: Translations per source (beam search only).
+        alpha: Beam search length penalty.
+        batch_size: Sentences per batch (beams multiply the work).
+        max_length_a, max_length_b: Output length limit ``a · source length + b``.
+    """
+    model.eval()
+    order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
+    results: list[list[Translation]] = [[] for _ in source_ids]
+    settings = {
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "pad_id": tokenizer.pad_id,
+        "max_length_a": max_length_a,
+        "max_length_b": max_length_b,
+        "max_length": model.config.max_positions,
+    }
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collate(
+            [source_ids[i] for i in rows],
+            [[] for _ in rows],
+            pad_id=tokenizer.pad_id,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+        ).to(device)
+        with autocast(device, precision):
+            if beam_size == 1:
+                outputs = greedy_search(
+                    model, batch.source_ids, batch.source_mask, **settings
+                )
+                found = [[(tokens, None)] for tokens in outputs]
+            else:
+                hypotheses = beam_search(
+                    model,
+                    batch.source_ids,
+                    batch.source_mask,
+                    beam_size=beam_size,
+                    nbest=nbest,
+                    alpha=alpha,
+                    **settings,
+                )
+                found = [[(h.tokens, h.score) for h in row] for row in hypotheses]
+        for row, candidates in zip(rows, found, strict=True):
+            texts = tokenizer.decode_batch([tokens for tokens, _ in candidates])
+            results[row] = [
+                Translation(text, score)
+                for text, (_, score) in zip(texts, candidates, strict=True)
+            ]
+    return results
+
+
+class Translator:
+    """Translates text with a checkpoint.
+
+    Args:
+        checkpoint: A translation checkpoint (``best.pt``, ``last.pt``, averaged).
+        device: ``auto``, ``cpu``, ``cuda``...
+        precision: ``auto``, ``bf16``, ``fp16`` or ``fp32``.
+        beam_size: 1 for greedy search.
+        nbest: Translations per sentence.
+        alpha: Beam search length penalty.
+        batch_size: Sentences per batch.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unreadable or not a translation one.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        beam_size: int = 5,
+        nbest: int = 1,
+        alpha: float = 1.0,
+        batch_size: int = 64,
+    ) -> None:
+        if beam_size < 1 or not 1 <= nbest <= beam_size:
+            raise ValueError(
+                f"need beam_size >= 1 and 1 <= nbest <= beam_size; got "
+                f"beam_size={beam_size}, nbest={nbest}"
+            )
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
+        self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
+        self.batch_size = batch_size
+
+    def translate(self, sentences: Sequence[str]) -> list[list[Translation]]:
+        """``nbest`` translations per sentence; an empty sentence gives ``""``."""
+        limit = self.model.config.max_positions
+        encoded = self.tokenizer.encode_batch(list(sentences))
+        results: list[list[Translation]] = [[Translation("")] for _ in sentences]
+        to_translate = []
+        for index, ids in enumerate(encoded):
+            if not ids:
+                continue
+            if len(ids) > limit:
+                logger.warning(
+                    "sentence %d has %d tokens; the model reads at most %d, so it was "
+                    "truncated",
+                    index + 1,
+                    len(ids),
+                    limit,
+                )
+                encoded[index] = ids[:limit]
+            to_translate.append(index)
+        translations = translate_token_ids(
+            self.model,
+            self.tokenizer,
+            [encoded[i] for i in to_translate],
+            self.device,
+            self.precision,
+            beam_size=self.beam_size,
+            nbest=self.nbest,
+            alpha=self.alpha,
+            batch_size=self.batch_size,
+        )
+        for index, translation in zip(to_translate, translations, strict=True):
+            results[index] = translation
+        return results
