@@ -28,7 +28,11 @@ from torch import Tensor, nn
 from decoder_transformer.cache import DecoderCache, KeyValueCache
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding
-from encoder_transformer.encoder import build_attention, build_rotary
+from encoder_transformer.encoder import (
+    build_attention,
+    build_final_norm,
+    build_rotary,
+)
 from encoder_transformer.feedforward import build_feedforward
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import RotaryEmbedding
@@ -141,11 +145,7 @@ class TransformerDecoder(nn.Module):
             DecoderBlock(config, rotary, cross_attention)
             for _ in range(config.decoder_layers)
         )
-        self.final_norm = (
-            build_norm(config.norm, config.d_model, config.norm_eps, config.bias)
-            if config.norm_placement == "pre"
-            else nn.Identity()
-        )
+        self.final_norm = build_final_norm(config)
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for incremental decoding with :meth:`step`."""

@@ -43,6 +43,17 @@ def build_attention(
     )
 
 
+def build_final_norm(config: TransformerConfig) -> nn.Module:
+    """The norm after a stack's last block (an identity for post-norm).
+
+    Pre-norm leaves the residual stream unnormalized, so it is normalized once at the
+    end; post-norm blocks already end with a norm.
+    """
+    if config.norm_placement == "pre":
+        return build_norm(config.norm, config.d_model, config.norm_eps, config.bias)
+    return nn.Identity()
+
+
 class EncoderBlock(nn.Module):
     """Self-attention then feed-forward, each with its residual and norm."""
 
@@ -89,12 +100,7 @@ class TransformerEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             EncoderBlock(config, rotary) for _ in range(config.encoder_layers)
         )
-        # Pre-norm leaves the residual stream unnormalized: normalize once at the end.
-        self.final_norm = (
-            build_norm(config.norm, config.d_model, config.norm_eps, config.bias)
-            if config.norm_placement == "pre"
-            else nn.Identity()
-        )
+        self.final_norm = build_final_norm(config)
 
     def forward(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
         """Encodes a batch of source sentences.
