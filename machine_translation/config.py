@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from encoder_transformer.config import TransformerConfig
 from machine_translation.data import CorpusSpec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 def build_model_config(

@@ -28,11 +28,10 @@ from machine_translation.checkpoint import (
     find_checkpoint,
     load_translation_model,
 )
+from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
 from machine_translation.runtime import resolve_device, resolve_precision
 from machine_translation.translator import translate_token_ids
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass

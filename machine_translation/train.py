@@ -29,7 +29,7 @@ from machine_translation.checkpoint import (
     load_checkpoint,
 )
 from machine_translation.config import (
-    CONFIG_DIR,
+    PROJECT_ROOT,
     TrainConfig,
     build_model_config,
     register_configs,
@@ -53,7 +53,6 @@ from machine_translation.training import NonFiniteLossError, Trainer
 from machine_translation.translation_task import TranslationTask, encode_corpus
 
 logger = logging.getLogger("machine_translation")
-PROJECT_ROOT = CONFIG_DIR.parent
 
 
 def load_corpora(specs: list[Any], max_length_ratio: float | None) -> ParallelCorpus:

@@ -7,9 +7,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from machine_translation.config import CONFIG_DIR, register_configs, to_train_config
+from machine_translation.config import (
+    CONFIG_DIR,
+    PROJECT_ROOT,
+    register_configs,
+    to_train_config,
+)
 
-PROJECT_ROOT = CONFIG_DIR.parent
+__all__ = ["PROJECT_ROOT", "compose_config"]
 
 
 def compose_config(runs_dir: Path, *overrides: str):
