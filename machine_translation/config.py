@@ -80,6 +80,23 @@ class DataConfig:
 
 
 @dataclass
+class TextDataConfig:
+    """The GPT mode's text, tokenizer and windows (``data`` in ``conf/gpt.yaml``)."""
+
+    path: str | None = "data/tinyshakespeare/input.txt"  # plain or .gz UTF-8 text
+    hf_dataset: str | None = None  # or a Hub dataset with a text column (online)
+    hf_subset: str | None = None
+    hf_split: str = "train"
+    hf_column: str = "text"
+    valid_fraction: float = 0.1  # the last 10% of the text validates
+    tokenizer: str = "char"  # char | bpe
+    vocab_size: int = 1024  # bpe only
+    block_size: int = 64  # tokens per window (the model's context)
+    batch_size: int = 12  # windows per batch
+    valid_max_tokens: int | None = None  # validate on a prefix; null = all
+
+
+@dataclass
 class OptimConfig:
     """AdamW and the loss (``conf/optim/*.yaml``)."""
 
@@ -133,13 +150,28 @@ class TrainConfig:
     resume: Any = False  # false | true (the latest run of <name>) | a checkpoint path
 
 
+@dataclass
+class GPTTrainConfig:
+    """The GPT mode's run (``conf/gpt.yaml``): the same loop, text instead of pairs."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = "gpt"
+    runs_dir: str = "runs"
+    resume: Any = False
+
+
 def register_configs() -> None:
-    """Registers the schema so that ``conf/train.yaml`` is validated against it."""
+    """Registers the schemas that ``conf/train.yaml`` and ``conf/gpt.yaml`` name."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="gpt_schema", node=GPTTrainConfig)
 
 
-def to_train_config(cfg: DictConfig) -> TrainConfig:
+def to_train_config(cfg: DictConfig) -> TrainConfig | GPTTrainConfig:
     """The composed Hydra config as plain dataclasses (``model`` stays a dict)."""
     container = OmegaConf.to_object(cfg)
-    assert isinstance(container, TrainConfig)
+    assert isinstance(container, TrainConfig | GPTTrainConfig)
     return container

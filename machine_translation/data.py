@@ -89,7 +89,7 @@ class CorpusSpec:
             raise ValueError(f"corpus limit {self.limit}: expected None or >= 0")
 
 
-def _read_lines(path: str | Path) -> list[str]:
+def read_lines(path: str | Path) -> list[str]:
     """The lines, without line ends, of a UTF-8 file (gzip when it ends in ``.gz``)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -132,8 +132,8 @@ def read_aligned_files(
     Raises:
         DataError: A file is missing or not UTF-8, or the line counts differ.
     """
-    sources = [line.strip() for line in _read_lines(source_path)]
-    targets = [line.strip() for line in _read_lines(target_path)]
+    sources = [line.strip() for line in read_lines(source_path)]
+    targets = [line.strip() for line in read_lines(target_path)]
     if len(sources) != len(targets):
         raise DataError(
             f"{source_path} has {len(sources)} lines but {target_path} has "
@@ -178,7 +178,7 @@ def read_tsv_pairs(
     if split is not None and split not in SPLITS:
         raise DataError(f"{path}: unknown split {split!r}; expected one of {SPLITS}")
     sources, targets = [], []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         # Split before stripping, so that an empty side is a pair to skip later
         # (clean_corpus), not a line without a tab.
         columns = line.split("\t")
@@ -193,6 +193,15 @@ def read_tsv_pairs(
             targets.append(target)
     default = _stem(path) + (f"/{split}" if split else "")
     return ParallelCorpus(sources, targets, name or default)
+
+
+def hub_error(label: str, split: str, error: Exception, alternative: str) -> DataError:
+    """The one-line error for a Hub dataset that could not be loaded."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return DataError(
+        f"could not load Hugging Face dataset {label}, split {split!r}: {reason}. "
+        f"No network? Run once online to cache it, or use {alternative}"
+    )
 
 
 def load_hf_dataset(
@@ -218,11 +227,8 @@ def load_hf_dataset(
 
         data = datasets.load_dataset(dataset, subset, split=split)
     except Exception as error:  # any failure to fetch, whatever library raised it
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise DataError(
-            f"could not load Hugging Face dataset {label}, split {split!r}: {reason}. "
-            "No network? Run once online to cache it, or use local files "
-            "(kind: aligned/tsv)"
+        raise hub_error(
+            label, split, error, "local files (kind: aligned/tsv)"
         ) from None
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
@@ -243,7 +249,7 @@ def load_hf_dataset(
     return ParallelCorpus(sources, targets, name)
 
 
-def _resolve(path: str, root: Path | None) -> Path:
+def resolve_path(path: str, root: Path | None) -> Path:
     """``path`` as given when it exists (or is absolute), else under ``root``."""
     given = Path(path).expanduser()
     if given.is_absolute() or given.exists() or root is None:
@@ -278,10 +284,13 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> ParallelCorpus:
             spec.limit,
         )
     if spec.kind == "aligned":
-        source, target = _resolve(spec.source, root), _resolve(spec.target, root)
+        source, target = (
+            resolve_path(spec.source, root),
+            resolve_path(spec.target, root),
+        )
         corpus = read_aligned_files(source, target)
     else:
-        corpus = read_tsv_pairs(_resolve(spec.path, root), spec.split)
+        corpus = read_tsv_pairs(resolve_path(spec.path, root), spec.split)
     if spec.limit is not None:
         corpus.sources = corpus.sources[: spec.limit]
         corpus.targets = corpus.targets[: spec.limit]
@@ -342,15 +351,12 @@ def _cut_batches(
     return batches
 
 
-class TokenBatchSampler:
-    """Batches of similar-length examples, at most ``max_tokens`` padded tokens each.
+class EpochBatchSampler:
+    """The resumable, shardable part of a batch sampler; subclasses cut the batches.
 
-    A batch costs ``len(batch) · max(longest source, longest target)``; pass lengths
-    as they will be in the tensors (count BOS/EOS). Each epoch, indices are shuffled
-    (so that equal lengths come in random order), sorted by (source, target) length,
-    cut greedily into batches, and the batches are shuffled; everything is seeded by
-    ``(seed, epoch)``, never by global RNG state. ``shuffle=False`` gives a fixed
-    order, sorted by length, for validation.
+    A subclass sets ``self._length`` (batches per rank and epoch, the same every
+    epoch) and implements :meth:`_all_batches` (the epoch's batches for all ranks,
+    seeded by ``(seed, epoch)``, never by global RNG state).
 
     Distributed: every rank computes the same epoch's batch list, truncated to a
     multiple of ``world_size``; rank ``r`` takes batches ``r, r + W, r + 2W, ...``.
@@ -363,6 +369,55 @@ class TokenBatchSampler:
     one. The count is taken when a batch is handed out, so with
     ``DataLoader(num_workers > 0)``, which fetches batches ahead, save the number of
     batches the training loop has consumed instead.
+    """
+
+    _length: int
+    world_size: int
+    rank: int
+    epoch: int = 0
+    batches_done: int = 0
+
+    def _all_batches(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()[: self._length * self.world_size]
+        mine = batches[self.rank :: self.world_size]
+        while self.batches_done < len(mine):
+            self.batches_done += 1  # before the yield: the caller now holds it
+            yield mine[self.batches_done - 1]
+        self.batches_done = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts ``epoch``; the epoch it is already in keeps its position (resume)."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not 0 <= state["batches_done"] <= self._length:
+            raise ValueError(
+                f"batches_done={state['batches_done']} but an epoch has "
+                f"{self._length} batches; was the state saved with other data?"
+            )
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+class TokenBatchSampler(EpochBatchSampler):
+    """Batches of similar-length examples, at most ``max_tokens`` padded tokens each.
+
+    A batch costs ``len(batch) · max(longest source, longest target)``; pass lengths
+    as they will be in the tensors (count BOS/EOS). Each epoch, indices are shuffled
+    (so that equal lengths come in random order), sorted by (source, target) length,
+    cut greedily into batches, and the batches are shuffled; everything is seeded by
+    ``(seed, epoch)``, never by global RNG state. ``shuffle=False`` gives a fixed
+    order, sorted by length, for validation. Sharding and resume: see
+    :class:`EpochBatchSampler`.
     """
 
     def __init__(
@@ -404,33 +459,6 @@ class TokenBatchSampler:
         if self.shuffle:
             rng.shuffle(batches)
         return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()[: self._length * self.world_size]
-        mine = batches[self.rank :: self.world_size]
-        while self.batches_done < len(mine):
-            self.batches_done += 1  # before the yield: the caller now holds it
-            yield mine[self.batches_done - 1]
-        self.batches_done = 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def set_epoch(self, epoch: int) -> None:
-        """Starts ``epoch``; the epoch it is already in keeps its position (resume)."""
-        if epoch != self.epoch:
-            self.epoch, self.batches_done = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if not 0 <= state["batches_done"] <= self._length:
-            raise ValueError(
-                f"batches_done={state['batches_done']} but an epoch has "
-                f"{self._length} batches; was the state saved with other data?"
-            )
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
 
 @dataclass

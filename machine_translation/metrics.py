@@ -36,8 +36,8 @@ class MetricsLog:
             rows = [json.loads(line) for line in file if line.strip()]
         return [row for row in rows if kind is None or row["kind"] == kind]
 
-    def plot(self, score: str = "bleu") -> Path:
-        """Draws loss curves (and the validation score) into ``curves.png``."""
+    def plot(self, score: str | None = "bleu") -> Path:
+        """Draws loss curves (and a validation score, if named) into ``curves.png``."""
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
@@ -60,7 +60,7 @@ class MetricsLog:
         loss_axis.set_xlabel("step")
         loss_axis.set_ylabel("loss (nats/token)")
         handles, labels = loss_axis.get_legend_handles_labels()
-        scored = [r for r in valid if score in r]
+        scored = [r for r in valid if score in r] if score else []
         if scored:
             score_axis = loss_axis.twinx()
             score_axis.plot(

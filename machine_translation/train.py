@@ -1,11 +1,14 @@
-"""``python -m machine_translation.train [key=value ...]``: train English→French.
+"""``python -m machine_translation.train [key=value ...]``: train a model.
 
-With no arguments it trains the default model on the corpora shipped in ``data/`` and
+With no arguments it trains English→French on the corpora shipped in ``data/`` and
 leaves ``runs/en-fr/<timestamp>/checkpoints/best.pt``, which ``translate`` and
 ``evaluate`` find by themselves. Any config field can be overridden
 (``model=base optim.lr=3e-4 trainer.max_minutes=60``); ``+experiment=multi30k``
 selects a whole experiment; ``resume=true`` continues the latest run. Under
 ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel.
+
+``--config-name gpt`` trains the GPT mode instead (``conf/gpt.yaml``): a decoder-only
+language model on Tiny Shakespeare, with the same loop, for ``sample``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import logging
 import random
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from decoder_transformer.gpt import GPT
+from encoder_transformer.config import TransformerConfig
 from machine_translation.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -30,6 +37,8 @@ from machine_translation.checkpoint import (
 )
 from machine_translation.config import (
     PROJECT_ROOT,
+    GPTTrainConfig,
+    TextDataConfig,
     TrainConfig,
     build_model_config,
     register_configs,
@@ -41,6 +50,7 @@ from machine_translation.data import (
     clean_corpus,
     load_corpus,
 )
+from machine_translation.language_model_task import LanguageModelTask
 from machine_translation.model import Seq2SeqTransformer, count_parameters
 from machine_translation.runtime import (
     Distributed,
@@ -48,8 +58,13 @@ from machine_translation.runtime import (
     resolve_precision,
     shutdown_distributed,
 )
-from machine_translation.tokenizer import BPETokenizer
-from machine_translation.training import NonFiniteLossError, Trainer
+from machine_translation.text_data import load_hf_text, read_text, split_text
+from machine_translation.tokenizer import (
+    BPETokenizer,
+    CharTokenizer,
+    tokenizer_from_json,
+)
+from machine_translation.training import NonFiniteLossError, Trainer, TrainingTask
 from machine_translation.translation_task import TranslationTask, encode_corpus
 
 logger = logging.getLogger("machine_translation")
@@ -73,7 +88,7 @@ def load_corpora(specs: list[Any], max_length_ratio: float | None) -> ParallelCo
     return cleaned
 
 
-def resolve_resume(config: TrainConfig) -> Path | None:
+def resolve_resume(config: TrainConfig | GPTTrainConfig) -> Path | None:
     """The checkpoint to continue from: ``resume`` is false, true, or a path."""
     resume = config.resume
     if resume in (False, None, "false", "False", ""):
@@ -83,7 +98,7 @@ def resolve_resume(config: TrainConfig) -> Path | None:
     return Path(str(resume))
 
 
-def new_run_dir(config: TrainConfig) -> Path:
+def new_run_dir(config: TrainConfig | GPTTrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = Path(config.runs_dir) / config.name / stamp
     suffix = 1
@@ -117,13 +132,21 @@ def share_from_main(value: Any, distributed: Distributed) -> Any:
     return holder[0]
 
 
-def train(config: TrainConfig) -> Path:
-    """Trains a translation model as ``config`` says; returns the run directory.
+@dataclass
+class Run:
+    """What every training run sets up before it knows its task."""
 
-    Raises:
-        DataError, CheckpointError, ValueError: bad data, checkpoint or config.
-        NonFiniteLossError: the loss diverged (the last good checkpoint is kept).
-    """
+    config: TrainConfig | GPTTrainConfig
+    distributed: Distributed
+    device: torch.device
+    precision: str
+    run_dir: Path
+    checkpoint: dict[str, Any] | None  # the training checkpoint resumed from
+    resume_path: Path | None
+
+
+def start_run(config: TrainConfig | GPTTrainConfig) -> Run:
+    """Processes, device, the run directory (new or resumed), logging and seeds."""
     build_model_config(config.model)  # a typo in the model fails now, not after setup
     distributed, device = init_distributed(config.trainer.device)
     if config.trainer.threads:
@@ -140,23 +163,92 @@ def train(config: TrainConfig) -> Path:
     precision = resolve_precision(config.trainer.precision, device)
     torch.manual_seed(config.trainer.seed)
     random.seed(config.trainer.seed)
+    return Run(config, distributed, device, precision, run_dir, checkpoint, resume_path)
 
+
+def shared_tokenizer(run: Run, build: Callable[[], Any]) -> Any:
+    """The run's tokenizer: from the checkpoint when resuming, else built on rank 0,
+    saved in the run directory, and read back by the other ranks."""
+    if run.checkpoint is not None:
+        return tokenizer_from_json(run.checkpoint["tokenizer"])
+    path = run.run_dir / "tokenizer.json"
+    if run.distributed.is_main:
+        tokenizer = build()
+        tokenizer.save(path)
+    if run.distributed.enabled:
+        dist.barrier()  # rank 0 has written the tokenizer
+        tokenizer = tokenizer_from_json(path.read_text(encoding="utf-8"))
+    return tokenizer
+
+
+def model_config(run: Run, tokenizer: Any, **fixed: Any) -> TransformerConfig:
+    """The checkpoint's model config when resuming, else the config's, sized to the
+    tokenizer."""
+    if run.checkpoint is not None:
+        return build_model_config(run.checkpoint["model_config"])
+    return build_model_config(
+        run.config.model,
+        vocab_size=tokenizer.vocab_size,
+        source_vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        **fixed,
+    )
+
+
+def run_trainer(run: Run, task: TrainingTask) -> Path:
+    """Trains ``task`` with the one loop; returns the run directory."""
+    config = run.config
+    run_config = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    trainer = Trainer(
+        task,
+        config.optim,
+        config.schedule,
+        config.trainer,
+        run.run_dir,
+        run.device,
+        run.precision,
+        run.distributed,
+        run_config,
+    )
+    if run.checkpoint is not None:
+        trainer.restore(run.checkpoint)
+        logger.info("resumed %s at step %d", run.resume_path, trainer.state.step)
+    elif run.distributed.is_main:
+        (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_config))
+    logger.info(
+        "run %s: %s parameters, %s on %s (%d process%s)",
+        run.run_dir,
+        f"{count_parameters(task.model):,}",
+        run.precision,
+        run.device,
+        run.distributed.world_size,
+        "es" if run.distributed.enabled else "",
+    )
+    with logging_redirect_tqdm([logger]):
+        state = trainer.train()
+    logger.info(
+        "best validation %s %.4g; checkpoints in %s",
+        task.score_name,
+        state.best_score or 0.0,
+        run.run_dir / "checkpoints",
+    )
+    return run.run_dir
+
+
+def train_translation(config: TrainConfig) -> Path:
+    """Trains an encoder-decoder on sentence pairs (``conf/train.yaml``)."""
+    run = start_run(config)
     data = config.data
     train_corpus = load_corpora(data.train, data.max_length_ratio)
     valid_corpus = load_corpora(data.valid, None)
-    tokenizer_path = run_dir / "tokenizer.json"
-    if checkpoint is not None:
-        tokenizer = BPETokenizer.from_json(checkpoint["tokenizer"])
-    elif distributed.is_main:
+
+    def train_bpe() -> BPETokenizer:
         logger.info("training a %d-token BPE on %s", data.vocab_size, train_corpus.name)
-        tokenizer = BPETokenizer.train(
+        return BPETokenizer.train(
             train_corpus.sources + train_corpus.targets, data.vocab_size
         )
-        tokenizer.save(tokenizer_path)
-    if checkpoint is None and distributed.enabled:
-        dist.barrier()  # rank 0 has written the tokenizer
-        tokenizer = BPETokenizer.load(tokenizer_path)
 
+    tokenizer = shared_tokenizer(run, train_bpe)
     train_data, too_long = encode_corpus(
         train_corpus, tokenizer, data.max_source_length, data.max_target_length
     )
@@ -169,17 +261,7 @@ def train(config: TrainConfig) -> Path:
         data.max_target_length,
         len(valid_data),
     )
-
-    if checkpoint is not None:
-        model_config = build_model_config(checkpoint["model_config"])
-    else:
-        model_config = build_model_config(
-            config.model,
-            vocab_size=tokenizer.vocab_size,
-            source_vocab_size=tokenizer.vocab_size,
-            pad_id=tokenizer.pad_id,
-        )
-    model = Seq2SeqTransformer(model_config)
+    model = Seq2SeqTransformer(model_config(run, tokenizer))
     task = TranslationTask(
         model,
         tokenizer,
@@ -187,45 +269,78 @@ def train(config: TrainConfig) -> Path:
         valid_data,
         data.max_tokens,
         seed=config.trainer.seed,
-        rank=distributed.rank,
-        world_size=distributed.world_size,
+        rank=run.distributed.rank,
+        world_size=run.distributed.world_size,
         bleu_sentences=data.valid_bleu_sentences,
-        device=device,
+        device=run.device,
     )
-    run_config = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    trainer = Trainer(
-        task,
-        config.optim,
-        config.schedule,
-        config.trainer,
-        run_dir,
-        device,
-        precision,
-        distributed,
-        run_config,
-    )
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        logger.info("resumed %s at step %d", resume_path, trainer.state.step)
-    elif distributed.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_config))
+    return run_trainer(run, task)
+
+
+def load_text(data: TextDataConfig) -> str:
+    """The configured text: a Hub dataset when one is named, else the file."""
+    if data.hf_dataset:
+        return load_hf_text(
+            data.hf_dataset, data.hf_subset, data.hf_split, data.hf_column
+        )
+    if not data.path:
+        raise DataError("no text configured: set data.path or data.hf_dataset")
+    return read_text(data.path, root=PROJECT_ROOT)
+
+
+def train_language_model(config: GPTTrainConfig) -> Path:
+    """Trains a decoder-only GPT on a text (``conf/gpt.yaml``)."""
+    run = start_run(config)
+    data = config.data
+    if data.tokenizer not in ("char", "bpe"):
+        raise ValueError(f"data.tokenizer={data.tokenizer!r} is not one of char, bpe")
+    train_text, valid_text = split_text(load_text(data), data.valid_fraction)
+
+    def build_tokenizer() -> BPETokenizer | CharTokenizer:
+        if data.tokenizer == "char":
+            return CharTokenizer.train(train_text)
+        logger.info("training a %d-token BPE on the text", data.vocab_size)
+        return BPETokenizer.train(train_text.splitlines(), data.vocab_size)
+
+    tokenizer = shared_tokenizer(run, build_tokenizer)
+    train_stream = torch.tensor(tokenizer.encode(train_text))
+    valid_stream = torch.tensor(tokenizer.encode(valid_text))
     logger.info(
-        "run %s: %s parameters, %s on %s (%d process%s)",
-        run_dir,
-        f"{count_parameters(model):,}",
-        precision,
-        device,
-        distributed.world_size,
-        "es" if distributed.enabled else "",
+        "%s tokenizer (%d ids): %d training tokens, %d validation tokens",
+        data.tokenizer,
+        tokenizer.vocab_size,
+        len(train_stream),
+        len(valid_stream),
     )
-    with logging_redirect_tqdm([logger]):
-        state = trainer.train()
-    logger.info(
-        "best validation BLEU %.2f; checkpoints in %s",
-        state.best_score or 0.0,
-        run_dir / "checkpoints",
+    # The context is the window: positions beyond it are never trained.
+    model = GPT(model_config(run, tokenizer, max_positions=data.block_size))
+    task = LanguageModelTask(
+        model,
+        tokenizer,
+        train_stream,
+        valid_stream,
+        valid_characters=len(valid_text),
+        block_size=data.block_size,
+        batch_size=data.batch_size,
+        seed=config.trainer.seed,
+        rank=run.distributed.rank,
+        world_size=run.distributed.world_size,
+        valid_max_tokens=data.valid_max_tokens,
+        device=run.device,
     )
-    return run_dir
+    return run_trainer(run, task)
+
+
+def train(config: TrainConfig | GPTTrainConfig) -> Path:
+    """Trains what ``config`` describes; returns the run directory.
+
+    Raises:
+        DataError, CheckpointError, ValueError: bad data, checkpoint or config.
+        NonFiniteLossError: the loss diverged (the last good checkpoint is kept).
+    """
+    if isinstance(config, GPTTrainConfig):
+        return train_language_model(config)
+    return train_translation(config)
 
 
 register_configs()

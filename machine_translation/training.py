@@ -411,7 +411,10 @@ class Trainer:
                 elapsed_seconds=self.state.elapsed_seconds,
                 **metrics,
             )
-            self.metrics.plot()
+            # A loss-like score is already on the plot's loss axis.
+            self.metrics.plot(
+                self.task.score_name if self.task.higher_is_better else None
+            )
         if self.distributed.is_main:
             logger.info(
                 "step %d: %s",
