@@ -3,12 +3,16 @@
     python -m machine_translation.translate "Hello." "How are you?"
     python -m machine_translation.translate < input.en > output.fr
     python -m machine_translation.translate --beam 5 --nbest 3 "I love cheese."
+    python -m machine_translation.translate --sample --top-p 0.9 --seed 1 "Hello."
     python -m machine_translation.translate            # interactive, at a terminal
 
 It uses ``best.pt`` of the most recent run unless ``--checkpoint`` names one.
 Standard input is read one sentence per line and translated in batches as it
 arrives, with one output line per input line (an empty line gives an empty line).
 With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>``.
+``--sample`` draws each translation token by token from the model's distribution
+(``--temperature``, ``--top-k``, ``--top-p``; ``--seed`` makes it reproducible)
+instead of searching for the most likely one.
 A missing or unreadable checkpoint is one line on standard error and exit code 2.
 (Arguments are parsed with argparse: Hydra's override syntax would reject a bare
 sentence such as ``Hello``.)
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from machine_translation.checkpoint import CheckpointError, find_checkpoint
+from machine_translation.search import Sampling
 from machine_translation.translator import Translation, Translator
 
 
@@ -35,13 +40,47 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("sentences", nargs="*", help="sentences (default: stdin)")
     parser.add_argument("--checkpoint", help="a .pt file (default: latest run's best)")
     parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy")
+    parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: 5)")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
     parser.add_argument("--alpha", type=float, default=1.0, help="length penalty")
     parser.add_argument("--batch-size", type=int, default=64)
+    sampling = parser.add_argument_group("sampling (instead of beam search)")
+    sampling.add_argument("--sample", action="store_true", help="sample translations")
+    sampling.add_argument("--temperature", type=float, help="0 = greedy (default: 1)")
+    sampling.add_argument("--top-k", type=int, help="draw from the k likeliest tokens")
+    sampling.add_argument(
+        "--top-p", type=float, help="draw from the smallest set with probability ≥ p"
+    )
+    sampling.add_argument("--seed", type=int, help="for reproducible samples")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32")
     return parser.parse_args(argv)
+
+
+def sampling_settings(args: argparse.Namespace) -> tuple[Sampling | None, int]:
+    """The sampling settings and beam size the arguments ask for.
+
+    Raises:
+        ValueError: a sampling option without ``--sample``, or ``--sample`` with a
+            beam or n-best list, or a value out of range.
+    """
+    options = {
+        "--temperature": args.temperature,
+        "--top-k": args.top_k,
+        "--top-p": args.top_p,
+        "--seed": args.seed,
+    }
+    if not args.sample:
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --sample")
+        return None, 5 if args.beam is None else args.beam
+    if args.beam not in (None, 1) or args.nbest != 1:
+        raise ValueError(
+            "--sample draws one translation per input: drop --beam and --nbest"
+        )
+    temperature = 1.0 if args.temperature is None else args.temperature
+    return Sampling(temperature, args.top_k, args.top_p), 1
 
 
 def batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -58,15 +97,27 @@ def batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 def format_translations(
     translations: list[list[Translation]], nbest: int, first_index: int = 0
 ) -> list[str]:
-    """Output lines: one text per input, or ``index\\tscore\\ttext`` for n-best."""
+    """Output lines: one text per input, or ``index\\tscore\\ttext`` for n-best.
+
+    A line break inside a text (a byte-level model can generate one, sampling
+    especially) becomes a space, so that output lines stay aligned with inputs.
+
+    >>> format_translations([[Translation("un\\nchien")]], nbest=1)
+    ['un chien']
+    """
     if nbest == 1:
-        return [candidates[0].text for candidates in translations]
+        return [_one_line(candidates[0].text) for candidates in translations]
     lines = []
     for offset, candidates in enumerate(translations):
         for candidate in candidates:
             score = "" if candidate.score is None else f"{candidate.score:.4f}"
-            lines.append(f"{first_index + offset}\t{score}\t{candidate.text}")
+            text = _one_line(candidate.text)
+            lines.append(f"{first_index + offset}\t{score}\t{text}")
     return lines
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 def interactive(translator: Translator, nbest: int) -> None:
@@ -90,14 +141,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkpoint
             else find_checkpoint(args.runs_dir, prefer="best")
         )
+        sampling, beam_size = sampling_settings(args)
         translator = Translator(
             checkpoint,
             args.device,
             args.precision,
-            args.beam,
+            beam_size,
             args.nbest,
             args.alpha,
             args.batch_size,
+            sampling=sampling,
+            seed=args.seed,
         )
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

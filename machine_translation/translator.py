@@ -20,7 +20,7 @@ from machine_translation.checkpoint import load_translation_model
 from machine_translation.data import collate
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import autocast, resolve_device, resolve_precision
-from machine_translation.search import beam_search, greedy_search
+from machine_translation.search import Sampling, beam_search, greedy_search
 from machine_translation.tokenizer import BPETokenizer
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def translate_token_ids(
     batch_size: int = 64,
     max_length_a: float = 1.5,
     max_length_b: int = 10,
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[list[Translation]]:
     """Translations of tokenized sources, in input order; ``nbest`` per source.
 
@@ -63,7 +65,11 @@ def translate_token_ids(
         alpha: Beam search length penalty.
         batch_size: Sentences per batch (beams multiply the work).
         max_length_a, max_length_b: Output length limit ``a · source length + b``.
+        sampling: Sample each token instead of searching (needs ``beam_size=1``).
+        generator: Random generator for ``sampling``.
     """
+    if sampling is not None and beam_size != 1:
+        raise ValueError(f"sampling draws one output: use beam_size=1, not {beam_size}")
     model.eval()
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
     results: list[list[Translation]] = [[] for _ in source_ids]
@@ -87,7 +93,12 @@ def translate_token_ids(
         with autocast(device, precision):
             if beam_size == 1:
                 outputs = greedy_search(
-                    model, batch.source_ids, batch.source_mask, **settings
+                    model,
+                    batch.source_ids,
+                    batch.source_mask,
+                    sampling=sampling,
+                    generator=generator,
+                    **settings,
                 )
                 found = [[(tokens, None)] for tokens in outputs]
             else:
@@ -121,6 +132,11 @@ class Translator:
         nbest: Translations per sentence.
         alpha: Beam search length penalty.
         batch_size: Sentences per batch.
+        sampling: Sample translations instead of searching (temperature, top-k,
+            top-p; see :class:`~machine_translation.search.Sampling`); needs
+            ``beam_size=1``.
+        seed: Seed of the sampling generator, for reproducible samples; None
+            draws a fresh one.
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -135,17 +151,27 @@ class Translator:
         nbest: int = 1,
         alpha: float = 1.0,
         batch_size: int = 64,
+        sampling: Sampling | None = None,
+        seed: int | None = None,
     ) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(
                 f"need beam_size >= 1 and 1 <= nbest <= beam_size; got "
                 f"beam_size={beam_size}, nbest={nbest}"
             )
+        if sampling is not None and beam_size != 1:
+            raise ValueError(f"sampling needs beam_size=1, got beam_size={beam_size}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size = batch_size
+        self.sampling = sampling
+        self.generator = torch.Generator(self.device)
+        if seed is None:
+            self.generator.seed()  # torch's default seed is a constant
+        else:
+            self.generator.manual_seed(seed)
 
     def translate(self, sentences: Sequence[str]) -> list[list[Translation]]:
         """``nbest`` translations per sentence; an empty sentence gives ``""``."""
@@ -176,6 +202,8 @@ class Translator:
             nbest=self.nbest,
             alpha=self.alpha,
             batch_size=self.batch_size,
+            sampling=self.sampling,
+            generator=self.generator,
         )
         for index, translation in zip(to_translate, translations, strict=True):
             results[index] = translation

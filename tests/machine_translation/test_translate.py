@@ -108,3 +108,31 @@ def test_translator_api(checkpoint):
     assert len(results[0]) == 2 and results[1][0].text == ""
     with pytest.raises(ValueError, match="nbest"):
         Translator(checkpoint, beam_size=2, nbest=3)
+
+
+def test_sampling_is_reproducible_with_a_seed(checkpoint):
+    sentences = ["A dog runs in the park.", "Two men are sitting on a bench."] * 4
+    arguments = ["--checkpoint", checkpoint, "--sample", "--temperature", "1.5"]
+    first = run_translate(*arguments, "--seed", "3", *sentences)
+    again = run_translate(*arguments, "--seed", "3", *sentences)
+    other = run_translate(*arguments, "--seed", "4", *sentences)
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.split("\n")[:-1]) == 8
+    assert first.stdout == again.stdout != other.stdout
+    greedy = run_translate("--checkpoint", checkpoint, "--beam", "1", *sentences)
+    cold = run_translate(*arguments[:3], "--sample", "--temperature", "0", *sentences)
+    assert cold.stdout == greedy.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--top-k", "5"], "--top-k only apply with --sample"),
+        (["--sample", "--beam", "4"], "drop --beam and --nbest"),
+        (["--sample", "--top-p", "1.5"], "top_p=1.5"),
+    ],
+)
+def test_bad_sampling_options_are_one_line_errors(checkpoint, arguments, message):
+    result = run_translate("--checkpoint", checkpoint, *arguments, "A dog.")
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1
