@@ -137,18 +137,42 @@ def load_translation_model(path: str | Path, device: torch.device | str = "cpu")
         CheckpointError: unreadable file, or not a translation checkpoint.
     """
     # Imported here: loading files must not require building models at import time.
-    from machine_translation.config import build_model_config
     from machine_translation.model import Seq2SeqTransformer
-    from machine_translation.tokenizer import BPETokenizer
+
+    return _load_model(path, device, "translation", Seq2SeqTransformer)
+
+
+def load_language_model(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuilds the GPT and tokenizer stored in a GPT-mode checkpoint.
+
+    Returns:
+        ``(model, tokenizer, payload)``: the model in eval mode on ``device``, its
+        tokenizer (characters or BPE), and the raw payload.
+
+    Raises:
+        CheckpointError: unreadable file, or not a GPT checkpoint.
+    """
+    from decoder_transformer.gpt import GPT
+
+    return _load_model(path, device, "gpt", GPT)
+
+
+def _load_model(path, device, task: str, model_class: type):
+    from machine_translation.config import build_model_config
+    from machine_translation.tokenizer import tokenizer_from_json
 
     payload = load_checkpoint(path)
-    task = payload.get("task", "translation")
-    if task != "translation":
-        raise CheckpointError(f"{path} is a {task!r} checkpoint, not a translation one")
+    found = payload.get("task", "translation")
+    if found != task:
+        raise CheckpointError(
+            f"{path} is a {found!r} checkpoint, not a {task!r} one; train one with "
+            "python -m machine_translation.train"
+            + (" --config-name gpt" if task == "gpt" else "")
+        )
     try:
-        model = Seq2SeqTransformer(build_model_config(payload["model_config"]))
+        model = model_class(build_model_config(payload["model_config"]))
         model.load_state_dict(payload["model"])
-        tokenizer = BPETokenizer.from_json(payload["tokenizer"])
+        tokenizer = tokenizer_from_json(payload["tokenizer"])
     except (KeyError, ValueError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(

@@ -406,3 +406,50 @@ def test_collate_pads_and_places_bos_and_eos():
 def test_collate_rejects_mismatched_lists():
     with pytest.raises(ValueError, match="as many sources as targets"):
         collate([[5]], [[6], [7]], pad_id=PAD, bos_id=BOS, eos_id=EOS)
+
+
+# --- text windows for the GPT mode --------------------------------------------------
+
+
+def test_block_sampler_resumes_and_shards_like_one_process():
+    from machine_translation.text_data import BlockSampler
+
+    def epoch(sampler):
+        return [starts for starts in sampler]
+
+    whole = BlockSampler(1000, 10, 4, seed=3)
+    first_epoch = epoch(whole)
+    assert len(first_epoch) == len(whole) == 98 // 4
+    assert all(0 <= s <= 1000 - 11 for batch in first_epoch for s in batch)
+
+    resumed = BlockSampler(1000, 10, 4, seed=3)
+    iterator = iter(resumed)
+    taken = [next(iterator) for _ in range(5)]
+    state = resumed.state_dict()
+    fresh = BlockSampler(1000, 10, 4, seed=3)
+    fresh.load_state_dict(state)
+    assert taken + epoch(fresh) == first_epoch
+
+    ranks = [BlockSampler(1000, 10, 4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    per_rank = [epoch(sampler) for sampler in ranks]
+    interleaved = [b for pair in zip(*per_rank, strict=True) for b in pair]
+    assert interleaved == first_epoch[: len(interleaved)]
+
+    whole.set_epoch(1)
+    assert epoch(whole) != first_epoch
+
+
+def test_text_files_split_and_errors(tmp_path):
+    from machine_translation.text_data import read_text, split_text
+
+    path = tmp_path / "text.txt"
+    path.write_text("abc\ndef\n", encoding="utf-8")
+    assert read_text(path) == "abc\ndef"
+    assert split_text("x" * 100, 0.1) == ("x" * 90, "x" * 10)
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataError, match="holds no text"):
+        read_text(tmp_path / "empty.txt")
+    with pytest.raises(DataError, match="no such file"):
+        read_text(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="valid_fraction"):
+        split_text("abc", 1.0)

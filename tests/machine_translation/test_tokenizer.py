@@ -221,3 +221,23 @@ def test_smallest_vocabulary_is_bytes_only_and_still_lossless():
     text = "Noël à l’île ?"
     assert len(tokenizer.encode(text)) == len(text.encode("utf-8")) + 1  # + " "
     assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+# --- the character tokenizer of the GPT mode ----------------------------------------
+
+
+def test_char_tokenizer_round_trip_unknowns_and_json():
+    from machine_translation.tokenizer import CharTokenizer, tokenizer_from_json
+
+    text = "ROMEO:\nBut, soft! what light through yonder window breaks?"
+    tokenizer = CharTokenizer.train(text)
+    assert tokenizer.vocab_size == 4 + len(set(text))
+    ids = tokenizer.encode(text)
+    assert min(ids) >= 4 and tokenizer.decode(ids) == text
+    assert tokenizer.encode("Rz") == [tokenizer.encode("R")[0], tokenizer.unk_id]
+    with pytest.raises(ValueError, match="'z'"):
+        tokenizer.encode("Rz", strict=True)
+    again = tokenizer_from_json(tokenizer.to_json())
+    assert isinstance(again, CharTokenizer) and again.encode(text) == ids
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tokenizer.decode([tokenizer.vocab_size])
