@@ -1,5 +1,6 @@
 """The GPT mode end to end: training on text, generation, the sample command line."""
 
+import json
 import subprocess
 import sys
 
@@ -108,7 +109,7 @@ def test_the_gpt_mode_trains_with_bpe_and_reports_nats_per_char(tmp_path):
     )
     run = train(config)
     records = (run / "metrics.jsonl").read_text().splitlines()
-    valid = [r for r in map(__import__("json").loads, records) if r["kind"] == "valid"]
+    valid = [r for r in map(json.loads, records) if r["kind"] == "valid"]
     assert valid[-1]["loss"] < valid[0]["loss"]
     # A BPE token covers several characters: the loss per character is smaller.
     assert valid[-1]["nats_per_char"] < valid[-1]["loss"]
@@ -148,3 +149,25 @@ def test_sample_errors_are_one_line_with_exit_code_2(verse_run, tmp_path):
     corrupt.write_bytes(b"not a checkpoint")
     broken = run_sample("--checkpoint", str(corrupt))
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1
+
+
+def test_a_resumed_gpt_run_continues_exactly(tmp_path):
+    text = VERSE * 40 + "".join(f"Line {i}.\n" for i in range(200))
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    common = [f"data.path={tmp_path / 'text.txt'}", "trainer.eval_every=12",
+              "trainer.log_every=1", "model.dropout=0.1"]  # fmt: skip
+    whole = train(compose_gpt_config(tmp_path / "a", *common, "trainer.max_steps=24"))
+    train(compose_gpt_config(tmp_path / "b", *common, "trainer.max_steps=12"))
+    resumed = train(
+        compose_gpt_config(
+            tmp_path / "b", *common, "trainer.max_steps=24", "resume=true"
+        )
+    )
+
+    def losses(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+    expected, got = losses(whole), losses(resumed)
+    assert [got[s] for s in range(13, 25)] == [expected[s] for s in range(13, 25)]
