@@ -63,9 +63,16 @@ def uncached_samples(model, prompt, count, sampling, seed):
     return tokens[0, len(prompt) :].tolist()
 
 
-@pytest.mark.parametrize("variant", ["learned", "rope"])
-def test_cached_sampling_equals_uncached_with_the_same_seed(tiny_config, variant):
-    model = GPT(tiny_config(positions=variant, max_positions=48)).eval()
+BLOCK_OPTIONS = [
+    {"positions": "learned", "norm": "layernorm", "activation": "gelu"},
+    {"positions": "rope", "norm": "rmsnorm", "activation": "swiglu", "n_kv_heads": 2},
+    {"positions": "sinusoidal", "n_kv_heads": 1, "norm_placement": "post"},
+]
+
+
+@pytest.mark.parametrize("options", BLOCK_OPTIONS)
+def test_cached_sampling_equals_uncached_with_the_same_seed(tiny_config, options):
+    model = GPT(tiny_config(max_positions=48, **options)).eval()
     prompt = [5, 9, 2, 7]
     sampling = Sampling(temperature=1.0, top_k=20, top_p=0.95)
     generator = torch.Generator().manual_seed(3)
