@@ -109,8 +109,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.rope_head_dim = 0 if rotary is None else rotary.cos.size(-1)
         self.rotary = rotary
         self.attention_dropout = attention_dropout
-        # Decoding attends in latent space (absorbed up-projections); False re-expands
-        # the cached latents into keys and values at every step. Same result.
+        # Decoding steps (one query) attend in latent space, the up-projections
+        # absorbed; False re-expands the cached latents at every step. Same result.
         self.absorb = True
         query_width = n_heads * (self.head_dim + self.rope_head_dim)
         if q_latent_dim is None:
@@ -204,9 +204,11 @@ class MultiHeadLatentAttention(nn.Module):
             values.
         """
         content, position = queries.split([self.head_dim, self.rope_head_dim], -1)
-        # q_iᵀ W_key_i: (b, h, s_q, d_h) @ (h, d_h, d_c) -> (b, h, s_q, d_c)
+        # q_iᵀ W_key_i for every head i: (b, h, s_q, d_h) x (h, d_h, d_c). einsum, as
+        # `@` would broadcast (copy) the weight to every batch row.
         key_up = self.key_up.weight.view(self.n_heads, self.head_dim, -1)
-        latent_queries = torch.cat([content @ key_up, position], dim=-1)
+        absorbed = torch.einsum("bhqd,hdc->bhqc", content, key_up)
+        latent_queries = torch.cat([absorbed, position], dim=-1)
         # (b, 1, s_kv, d_c + d_r): a single key/value head, shared as in MQA.
         latent_keys = entries.unsqueeze(1)
         latent_values = latent_keys[..., : self.kv_latent_dim]
@@ -220,9 +222,9 @@ class MultiHeadLatentAttention(nn.Module):
             # The scale of the expanded scores, whose keys are d_h + d_r wide.
             scale=(self.head_dim + self.rope_head_dim) ** -0.5,
         )  # (b, h, s_q, d_c)
-        # W_value_i (Σ_j p_ij c_j): (b, h, s_q, d_c) @ (h, d_c, d_h) -> (b, h, s_q, d_h)
+        # W_value_i (Σ_j p_ij c_j): (b, h, s_q, d_c) x (h, d_h, d_c) -> (b, h, s_q, d_h)
         value_up = self.value_up.weight.view(self.n_heads, self.head_dim, -1)
-        return attended_latents @ value_up.transpose(1, 2)
+        return torch.einsum("bhqc,hdc->bhqd", attended_latents, value_up)
 
     def forward(
         self,
@@ -250,13 +252,14 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is not None:
             entries = cache.update(entries)  # (b, s_kv, d_c + d_r)
         dropout = self.attention_dropout if self.training else 0.0
-        if cache is not None and self.absorb:
+        if cache is not None and self.absorb and queries.size(2) == 1:
             attended = self.attend_to_latents(
                 queries, entries, key_padding_mask, is_causal, dropout
             )
         else:
-            # Training and full passes: with as many queries as keys, expanding once
-            # is cheaper, as the s_q·s_kv dot products are d_h wide instead of d_c.
+            # Training, full passes and prompts: with as many queries as keys,
+            # expanding once is cheaper, as the s_q·s_kv dot products are d_h wide
+            # instead of d_c.
             keys, values = self.expand(entries)
             attended = attend(
                 queries, keys, values, key_padding_mask, is_causal, dropout

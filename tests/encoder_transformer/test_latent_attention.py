@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from encoder_transformer.attention import attend
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import build_token_embedding
 from encoder_transformer.encoder import (
@@ -121,6 +122,22 @@ def test_cached_steps_equal_one_causal_pass(variant, absorb):
             steps.append(attention(states[:, t : t + 1], step_mask, True, cache))
     stepped = torch.cat(steps, dim=1)
     torch.testing.assert_close(stepped[mask], full[mask], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_attention_in_latent_space_equals_attention_on_expanded_heads(variant):
+    """The absorbed computation, with many queries, padding and causality too."""
+    attention = build_mla(**variant)
+    states = torch.randn(3, 6, D_MODEL)
+    mask = padding_mask([6, 4, 5], 6)
+    queries, entries = (
+        attention.project_queries(states, 0),
+        attention.compress(states, 0),
+    )
+    in_latent_space = attention.attend_to_latents(queries, entries, mask, True, 0.0)
+    keys, values = attention.expand(entries)
+    expanded = attend(queries, keys, values, mask, is_causal=True)
+    torch.testing.assert_close(in_latent_space, expanded, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
