@@ -8,6 +8,10 @@ only the newest token and appends its key and value.
 Cross-attention keys and values come from the encoder output, which is fixed for a
 source sentence: they are projected at the first step and read back afterwards.
 
+Multi-head latent attention (MLA, ``encoder_transformer.latent_attention``) caches less:
+per token one latent vector and one small rotary key (``LatentCache``), from which
+every head's keys and values follow.
+
 Beam search keeps several hypotheses per sentence and, after each step, continues each
 surviving one from its parent beam; ``reorder`` gathers every cache along the batch by
 those parent indices, so each row again holds the history of the hypothesis it
@@ -15,7 +19,8 @@ continues (and drops sentences that have finished).
 
 The cache is for inference (``torch.no_grad``): it writes into preallocated buffers.
 
-Shapes: ``b`` batch, ``h_kv`` key/value heads, ``s`` positions, ``d_h`` head_dim.
+Shapes: ``b`` batch, ``h_kv`` key/value heads, ``s`` positions, ``d_h`` head_dim,
+``d_c`` kv_latent_dim, ``d_r`` rope_head_dim.
 """
 
 from __future__ import annotations
@@ -82,16 +87,74 @@ class KeyValueCache:
         self._keys, self._values = new_keys, new_values
 
 
+class LatentCache:
+    """MLA's cache of one layer: each token's latent and rotary key, ``(b, s, ·)``.
+
+    One entry per token is the ``d_c``-wide key/value latent followed by the
+    ``d_r``-wide rotary key shared by all heads (``d_r = 0`` without RoPE), as
+    ``MultiHeadLatentAttention.compress`` lays it out. Keeping both in one buffer lets
+    decoding attend over the buffer as it is. Storage grows by doubling, like
+    :class:`KeyValueCache`.
+
+    >>> import torch
+    >>> cache = LatentCache()
+    >>> entries = cache.update(torch.ones(2, 3, 10))
+    >>> entries = cache.update(torch.zeros(2, 1, 10))
+    >>> cache.length, tuple(entries.shape)
+    (4, (2, 4, 10))
+    """
+
+    def __init__(self) -> None:
+        self._entries: Tensor | None = None
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        """Positions stored so far."""
+        return self._length
+
+    def update(self, entries: Tensor) -> Tensor:
+        """Appends ``(b, s_new, d_c + d_r)`` entries; returns all stored (a view)."""
+        end = self._length + entries.size(1)
+        if self._entries is None or end > self._entries.size(1):
+            batch, _, width = entries.shape
+            grown = entries.new_empty(batch, max(2 * end, 16), width)
+            if self._entries is not None:
+                grown[:, : self._length] = self._entries[:, : self._length]
+            self._entries = grown
+        self._entries[:, self._length : end] = entries
+        self._length = end
+        return self.read()
+
+    def read(self) -> Tensor:
+        """The stored entries, ``(b, length, d_c + d_r)`` (a view)."""
+        if self._entries is None:
+            raise RuntimeError("the cache is empty: call update() first")
+        return self._entries[:, : self._length]
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keeps batch rows ``indices`` (a ``(b_new,)`` long tensor), in that order."""
+        if self._entries is not None:
+            self._entries = self._entries.index_select(0, indices)
+
+
 class DecoderCache:
     """The caches of a decoder stack: self- and cross-attention, one per layer.
 
     Args:
         n_layers: Decoder blocks.
         cross_attention: Whether the blocks attend to an encoder (False for a GPT).
+        latent: Whether self-attention is latent attention (MLA), which caches
+            latents (:class:`LatentCache`) instead of keys and values.
     """
 
-    def __init__(self, n_layers: int, cross_attention: bool = True) -> None:
-        self.self_attention = [KeyValueCache() for _ in range(n_layers)]
+    def __init__(
+        self, n_layers: int, cross_attention: bool = True, latent: bool = False
+    ) -> None:
+        self_attention_cache = LatentCache if latent else KeyValueCache
+        self.self_attention: list[KeyValueCache] | list[LatentCache] = [
+            self_attention_cache() for _ in range(n_layers)
+        ]
         self.cross_attention = (
             [KeyValueCache() for _ in range(n_layers)] if cross_attention else None
         )

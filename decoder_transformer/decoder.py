@@ -25,15 +25,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_transformer.cache import DecoderCache, KeyValueCache
+from decoder_transformer.cache import DecoderCache, KeyValueCache, LatentCache
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding
 from encoder_transformer.encoder import (
     build_attention,
     build_final_norm,
     build_rotary,
+    build_self_attention,
 )
 from encoder_transformer.feedforward import build_feedforward
+from encoder_transformer.latent_attention import MultiHeadLatentAttention
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import RotaryEmbedding
 
@@ -59,7 +61,7 @@ class DecoderBlock(nn.Module):
         def norm() -> nn.Module:
             return build_norm(config.norm, config.d_model, config.norm_eps, config.bias)
 
-        self.self_attention = build_attention(config, rotary)
+        self.self_attention = build_self_attention(config, rotary)
         self.self_attention_norm = norm()
         # Source and target positions are unrelated, so cross-attention has no rotary.
         self.cross_attention = build_attention(config) if cross_attention else None
@@ -73,7 +75,7 @@ class DecoderBlock(nn.Module):
         target_mask: Tensor | None = None,
         encoder_hidden_states: Tensor | None = None,
         source_mask: Tensor | None = None,
-        self_attention_cache: KeyValueCache | None = None,
+        self_attention_cache: KeyValueCache | LatentCache | None = None,
         cross_attention_cache: KeyValueCache | None = None,
     ) -> Tensor:
         """One decoder block.
@@ -148,8 +150,12 @@ class TransformerDecoder(nn.Module):
         self.final_norm = build_final_norm(config)
 
     def new_cache(self) -> DecoderCache:
-        """An empty cache for incremental decoding with :meth:`step`."""
-        return DecoderCache(len(self.blocks), self.has_cross_attention)
+        """An empty cache for incremental decoding with :meth:`step`.
+
+        Latent self-attention (MLA) gets latent caches, standard attention KV caches.
+        """
+        latent = isinstance(self.blocks[0].self_attention, MultiHeadLatentAttention)
+        return DecoderCache(len(self.blocks), self.has_cross_attention, latent)
 
     def forward(
         self,

@@ -9,6 +9,7 @@ from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding, build_token_embedding
 from encoder_transformer.encoder import EncoderBlock, TransformerEncoder
 from encoder_transformer.feedforward import FeedForward, SwiGLU, build_feedforward
+from encoder_transformer.latent_attention import MultiHeadLatentAttention
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import (
     LearnedPositionalEmbedding,
@@ -21,6 +22,7 @@ __all__ = [
     "FeedForward",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
+    "MultiHeadLatentAttention",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
     "SwiGLU",

@@ -20,12 +20,14 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Positions = Literal["sinusoidal", "learned", "rope", "none"]
 Activation = Literal["relu", "gelu", "swiglu"]
+Attention = Literal["standard", "latent"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("layernorm", "rmsnorm"),
     "norm_placement": ("pre", "post"),
     "positions": ("sinusoidal", "learned", "rope", "none"),
     "activation": ("relu", "gelu", "swiglu"),
+    "attention": ("standard", "latent"),
 }
 
 
@@ -59,7 +61,20 @@ class TransformerConfig:
         n_heads: Query heads of every attention layer.
         n_kv_heads: Key/value heads: ``n_heads`` is multi-head attention (MHA), a
             divisor of ``n_heads`` grouped-query attention (GQA), 1 multi-query
-            attention (MQA). ``None`` means ``n_heads``.
+            attention (MQA). ``None`` means ``n_heads``. With ``attention="latent"``
+            it applies to cross-attention only.
+        attention: Self-attention kind: ``standard`` (MHA/GQA/MQA by ``n_kv_heads``)
+            or ``latent`` (multi-head latent attention, MLA, as in DeepSeek-V2: keys
+            and values are up-projected from a small cached latent). Cross-attention
+            is always standard.
+        kv_latent_dim: MLA only: width of the key/value latent, the vector cached per
+            token and layer. ``None`` means ``4 * head_dim`` (DeepSeek-V2's ratio).
+        q_latent_dim: MLA only: width of the query latent (query compression);
+            ``None`` means queries are projected directly from the hidden states.
+        rope_head_dim: MLA with ``positions="rope"`` only: width of the decoupled
+            rotary part of each query head and of the one rotary key shared by all
+            heads (even). ``None`` means ``head_dim // 2`` rounded down to an even
+            number, at least 2.
         d_ff: Hidden width of the feed-forward network.
         encoder_layers: Encoder blocks (unused by the decoder-only GPT).
         decoder_layers: Decoder blocks (also the GPT's blocks).
@@ -90,6 +105,10 @@ class TransformerConfig:
     d_model: int = 256
     n_heads: int = 4
     n_kv_heads: int | None = None
+    attention: Attention = "standard"
+    kv_latent_dim: int | None = None
+    q_latent_dim: int | None = None
+    rope_head_dim: int | None = None
     d_ff: int = 1024
     encoder_layers: int = 3
     decoder_layers: int = 3
@@ -118,11 +137,16 @@ class TransformerConfig:
             object.__setattr__(self, "activation_dropout", self.dropout)
         self._check_types()
         self._check_values()
+        # After the head checks above: the MLA defaults are multiples of head_dim.
+        self._resolve_latent_defaults()
+        self._check_latent_values()
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if value is None and type(None) in typing.get_args(hints[field.name]):
+                continue  # an optional size left unset (MLA's, for standard attention)
             expected = _runtime_type(hints[field.name])
             # bool is a subclass of int: `d_model: true` in YAML must not pass.
             ok = isinstance(value, expected) and not (
@@ -171,7 +195,9 @@ class TransformerConfig:
                 f"n_heads={self.n_heads} is not divisible by "
                 f"n_kv_heads={self.n_kv_heads}"
             )
-        if self.positions == "rope" and self.head_dim % 2:
+        # MLA rotates only its rope_head_dim part (checked below), not the heads.
+        standard_rope = self.positions == "rope" and self.attention == "standard"
+        if standard_rope and self.head_dim % 2:
             raise ValueError(
                 f"positions='rope' needs an even head_dim, got "
                 f"d_model/n_heads={self.head_dim}"
@@ -192,6 +218,27 @@ class TransformerConfig:
             raise ValueError(
                 f"pad_id={self.pad_id} is outside the vocabulary "
                 f"(size {smallest_vocab})"
+            )
+
+    def _resolve_latent_defaults(self) -> None:
+        """Fills MLA's ``None`` sizes; a standard-attention config keeps its Nones."""
+        if self.attention != "latent":
+            return
+        if self.kv_latent_dim is None:
+            object.__setattr__(self, "kv_latent_dim", 4 * self.head_dim)
+        if self.rope_head_dim is None and self.positions == "rope":
+            object.__setattr__(self, "rope_head_dim", 2 * max(1, self.head_dim // 4))
+
+    def _check_latent_values(self) -> None:
+        for name in ("kv_latent_dim", "q_latent_dim", "rope_head_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be at least 1, or null")
+        uses_rope_part = self.attention == "latent" and self.positions == "rope"
+        if uses_rope_part and self.rope_head_dim % 2:
+            raise ValueError(
+                f"rope_head_dim={self.rope_head_dim} must be even: RoPE rotates "
+                "pairs of channels"
             )
 
     @property

@@ -17,21 +17,49 @@ from encoder_transformer.attention import MultiHeadAttention
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding
 from encoder_transformer.feedforward import build_feedforward
+from encoder_transformer.latent_attention import MultiHeadLatentAttention
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import RotaryEmbedding
 
 
 def build_rotary(config: TransformerConfig) -> RotaryEmbedding | None:
-    """The rotary embedding that the self-attention layers of one stack share."""
+    """The rotary embedding that the self-attention layers of one stack share.
+
+    It rotates whole heads (``head_dim``) in standard attention, and only the
+    decoupled rotary part (``rope_head_dim``) in latent attention.
+    """
     if config.positions != "rope":
         return None
-    return RotaryEmbedding(config.head_dim, config.max_positions, config.rope_base)
+    width = config.rope_head_dim if config.attention == "latent" else config.head_dim
+    return RotaryEmbedding(width, config.max_positions, config.rope_base)
+
+
+def build_self_attention(
+    config: TransformerConfig, rotary: RotaryEmbedding | None = None
+) -> MultiHeadAttention | MultiHeadLatentAttention:
+    """The self-attention layer ``config.attention`` asks for (standard or latent)."""
+    if config.attention == "standard":
+        return build_attention(config, rotary)
+    return MultiHeadLatentAttention(
+        config.d_model,
+        config.n_heads,
+        config.kv_latent_dim,
+        config.q_latent_dim,
+        rotary,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        bias=config.bias,
+        norm_eps=config.norm_eps,
+    )
 
 
 def build_attention(
     config: TransformerConfig, rotary: RotaryEmbedding | None = None
 ) -> MultiHeadAttention:
-    """An attention layer with the sizes and dropouts of ``config``."""
+    """A standard (MHA/GQA/MQA) attention layer with the sizes of ``config``.
+
+    Cross-attention always uses this one: MLA is for self-attention.
+    """
     return MultiHeadAttention(
         config.d_model,
         config.n_heads,
@@ -62,7 +90,7 @@ class EncoderBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.pre_norm = config.norm_placement == "pre"
-        self.self_attention = build_attention(config, rotary)
+        self.self_attention = build_self_attention(config, rotary)
         self.self_attention_norm = build_norm(
             config.norm, config.d_model, config.norm_eps, config.bias
         )

@@ -58,7 +58,16 @@ def test_gpt_has_no_cross_attention_and_a_tied_head(tiny_config):
     assert sum(p is head for p in gpt.parameters()) == 1
 
 
-def test_tiny_gpt_memorises_a_short_text(tiny_config):
+@pytest.mark.parametrize(
+    "attention",
+    [
+        {"n_kv_heads": 2},
+        # Latent attention: the cache holds 32 + 8 numbers per token and layer.
+        {"attention": "latent", "kv_latent_dim": 32, "q_latent_dim": 32},
+    ],
+    ids=["gqa", "mla"],
+)
+def test_tiny_gpt_memorises_a_short_text(tiny_config, attention):
     text = "to be, or not to be: that is the question."
     alphabet = sorted(set(text))
     ids = torch.tensor([[alphabet.index(c) + 1 for c in text]])  # 0 is PAD
@@ -70,7 +79,7 @@ def test_tiny_gpt_memorises_a_short_text(tiny_config):
             positions="rope",
             norm="rmsnorm",
             activation="swiglu",
-            n_kv_heads=2,
+            **attention,
         )
     )
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)

@@ -51,10 +51,17 @@ def train(model, steps, generator):
             "norm": "rmsnorm",
             "activation": "swiglu",
         },
+        # Multi-head latent attention: a 32-wide cached latent per token and layer,
+        # a quarter of MHA's keys and values (2 x 64); queries compressed too. Slow
+        # (~25 s); the fast suite has MLA learning in the GPT test.
+        pytest.param(
+            {"attention": "latent", "kv_latent_dim": 32, "q_latent_dim": 32},
+            marks=pytest.mark.slow,
+        ),
     ],
     # RoPE learns this too, but needs ~3x the steps: in an encoder-decoder it gives
     # cross-attention no position signal. The GPT test covers RoPE learning.
-    ids=["sinusoidal-mha", "learned-mqa-rmsnorm-swiglu"],
+    ids=["sinusoidal-mha", "learned-mqa-rmsnorm-swiglu", "sinusoidal-mla"],
 )
 def test_tiny_model_learns_to_reverse_sequences(tiny_config, variant):
     generator = torch.Generator().manual_seed(0)

@@ -118,8 +118,13 @@ def test_beam_size_one_equals_greedy(tiny_config, positions):
         assert [hypotheses[0].tokens for hypotheses in beam] == greedy
 
 
-def test_cached_beam_search_equals_full_recomputation(tiny_config):
-    model = Seq2SeqTransformer(tiny_config(positions="rope", n_kv_heads=1)).eval()
+@pytest.mark.parametrize(
+    "attention",
+    [{"n_kv_heads": 1}, {"attention": "latent", "kv_latent_dim": 16}],
+    ids=["mqa", "mla"],
+)
+def test_cached_beam_search_equals_full_recomputation(tiny_config, attention):
+    model = Seq2SeqTransformer(tiny_config(positions="rope", **attention)).eval()
     _, batch, mask = random_batch([5, 8, 3])
     kwargs = search_kwargs(beam_size=4, nbest=4, alpha=0.6)
     cached = beam_search(model, batch, mask, **kwargs)
