@@ -65,11 +65,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    # Random or damaged bytes fail inside the unpickler in many ways (found by
+    # loading thousands of random files): each is "not a readable checkpoint".
     except (
         RuntimeError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         EOFError,
+        IndexError,
+        KeyError,
+        ValueError,  # UnicodeDecodeError among them
     ) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "?"
         raise CheckpointError(
