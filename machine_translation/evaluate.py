@@ -1,6 +1,7 @@
 """``python -m machine_translation.evaluate``: BLEU and chrF of a checkpoint.
 
-    python -m machine_translation.evaluate          # best.pt of the latest run
+    python -m machine_translation.evaluate          # best.pt of the latest en-fr run
+    python -m machine_translation.evaluate --run-name multi30k --test multi30k
     python -m machine_translation.evaluate --checkpoint runs/en-fr/.../best.pt
     python -m machine_translation.evaluate --test multi30k  # one shipped test set
     python -m machine_translation.evaluate --source in.en --references ref1.fr ref2.fr
@@ -25,7 +26,8 @@ import torch
 
 from machine_translation.checkpoint import (
     CheckpointError,
-    find_checkpoint,
+    add_run_arguments,
+    checkpoint_argument,
     load_translation_model,
 )
 from machine_translation.config import PROJECT_ROOT
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", help="a .pt file (default: best.pt of the latest run)"
     )
-    parser.add_argument("--runs-dir", default="runs")
+    add_run_arguments(parser)
     parser.add_argument(
         "--test",
         nargs="+",
@@ -175,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.source) != bool(args.references):
             raise DataError("--source and --references go together")
-        checkpoint = (
-            Path(args.checkpoint)
-            if args.checkpoint
-            else find_checkpoint(args.runs_dir, prefer="best")
-        )
+        checkpoint = checkpoint_argument(args)
         test_sets = (
             [file_test_set(args.source, args.references)]
             if args.source
