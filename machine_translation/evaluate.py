@@ -32,7 +32,11 @@ from machine_translation.checkpoint import (
 )
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
-from machine_translation.runtime import resolve_device, resolve_precision
+from machine_translation.runtime import (
+    for_inference,
+    resolve_device,
+    resolve_precision,
+)
 from machine_translation.translator import translate_token_ids
 
 
@@ -123,6 +127,7 @@ def evaluate(
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
     model, tokenizer, _ = load_translation_model(checkpoint, device)
+    model = for_inference(model, precision)
     limit = model.config.max_positions
     results = {}
     for test_set in test_sets:
