@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from machine_translation.model import Seq2SeqTransformer
@@ -382,10 +383,9 @@ def beam_search(
         logits = model.decode_step(
             next_tokens, encoder_hidden_states, source_mask, cache
         )[:, -1]
-        # log-softmax = logits - logsumexp; only the best 2k tokens of each beam
-        # can be among the 2k best of its sentence, so only those are normalized.
-        normalizer = logits.float().logsumexp(dim=-1, keepdim=True)
-        logits.index_fill_(1, forbidden, float("-inf"))
+        # One fused pass from bf16 logits to fp32 log-probabilities.
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        log_probs.index_fill_(1, forbidden, float("-inf"))
         # At the length limit only EOS is allowed (the last position holds it);
         # inside a forced prefix, only the prefix's token.
         at_limit = limits[groups] <= step + 1
@@ -395,9 +395,11 @@ def beam_search(
             in_prefix = ~at_limit & (step < prefix_lengths[groups])
             required = torch.where(in_prefix, tokens[groups, step], required)
         if (required >= 0).any():
-            logits = only_token(logits.view(n, beams_now, -1), required).flatten(0, 1)
-        best_logits, best_tokens = logits.topk(2 * k, dim=-1)  # (n·c, 2k)
-        candidates = scores.reshape(-1, 1) + (best_logits.float() - normalizer)
+            log_probs = only_token(log_probs.view(n, beams_now, -1), required)
+            log_probs = log_probs.flatten(0, 1)
+        # Only a beam's 2k best tokens can be among its sentence's 2k best.
+        best_log_probs, best_tokens = log_probs.topk(2 * k, dim=-1)  # (n·c, 2k)
+        candidates = scores.reshape(-1, 1) + best_log_probs
         top_scores, positions = candidates.view(n, -1).topk(2 * k, dim=1)
         beams = positions // (2 * k)  # (n, 2k), best first
         tokens = best_tokens.view(n, -1).gather(1, positions)
