@@ -1,19 +1,35 @@
-"""Decoding speed: greedy and beam 5, batch 1 and 64, fp32 and bf16, with BLEU.
+"""Decoding speed: ours against Hugging Face ``generate`` and CTranslate2, same model.
 
-    python bench/decode_speed.py [--checkpoint runs/en-fr/.../best.pt] [--batch1 200]
+    python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
+        [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
 
-Translates Multi30K test_2016_flickr (1,000 sentences; batch 1 uses the first
-``--batch1`` of them) with the real search code (KV cache, finished sentences leave
-the batch) and reports sentences/s, target tokens/s (generated tokens, EOS
-included) and the BLEU of each setting. Settings run one after another in one
-process; run it on an otherwise idle machine.
+Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
+``--batch1`` of them at batch 1) with greedy search and beam 5, in fp32 and bf16,
+and reports sentences/s, target tokens/s (output tokens + EOS, counted by
+re-tokenizing each output) and the BLEU of each setting. Ours runs the toolkit's
+own path (``translate_token_ids``: sorted batches, KV cache, weights in the
+precision asked). The references run our trained weights converted to an M2M100
+model (``bench/reference_models.py``: same architecture, same greedy outputs):
+Hugging Face ``generate`` (fp32 and bf16 weights) and CTranslate2 (float32: it has
+no bf16 on CPU). They are skipped with a message when not installed
+(``pip install transformers ctranslate2``).
+
+The machine may be shared: every setting runs once per round, the rounds repeat
+``--repeats`` times in this one process, so that all systems see the same load,
+and the table gives each setting's median with all runs listed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
+import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,53 +41,207 @@ from machine_translation.checkpoint import (  # noqa: E402
     find_checkpoint,
     load_translation_model,
 )
+from machine_translation.data import collate  # noqa: E402
 from machine_translation.evaluate import builtin_test_set, score  # noqa: E402
+from machine_translation.runtime import for_inference  # noqa: E402
 from machine_translation.translator import translate_token_ids  # noqa: E402
+
+MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
+
+
+@dataclass
+class Setting:
+    system: str  # ours | hugging face | ctranslate2
+    search: str  # greedy | beam 5
+    batch: int
+    precision: str
+    translate: Callable[[list[list[int]]], list[str]]  # source ids → texts
+    seconds: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def ours(model, tokenizer, precision, beam, batch) -> Callable:
+    model = for_inference(copy.deepcopy(model), precision)
+
+    def translate(source_ids):
+        translations = translate_token_ids(
+            model,
+            tokenizer,
+            source_ids,
+            torch.device("cpu"),
+            precision,
+            beam_size=beam,
+            batch_size=batch,
+        )
+        return [candidates[0].text for candidates in translations]
+
+    return translate
+
+
+def hugging_face(model, tokenizer, precision, beam, batch) -> Callable:
+    from reference_models import hugging_face_generate, to_hugging_face
+
+    reference = to_hugging_face(copy.deepcopy(model))
+    if precision == "bf16":
+        reference = reference.to(torch.bfloat16)
+    # fairseq's stopping rule, as ours: a sentence ends once `beam` hypotheses did.
+    settings = {"num_beams": beam, "do_sample": False, "length_penalty": 1.0}
+    if beam > 1:
+        settings["early_stopping"] = True
+
+    @torch.inference_mode()
+    def translate(source_ids):
+        order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
+        outputs: list[list[int]] = [[] for _ in source_ids]
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            padded = collate(
+                [source_ids[i] for i in rows], [[]] * len(rows), pad_id=0, bos_id=1,
+                eos_id=2,
+            )  # fmt: skip
+            longest = padded.source_ids.size(1)
+            generated = hugging_face_generate(
+                reference,
+                padded.source_ids,
+                padded.source_mask,
+                max_new_tokens=int(MAX_LENGTH_A * longest + MAX_LENGTH_B),
+                **settings,
+            )
+            for row, tokens in zip(rows, generated, strict=True):
+                outputs[row] = tokens
+        return tokenizer.decode_batch(outputs)
+
+    return translate
+
+
+def ctranslate2_reference(model, tokenizer, directory, threads, beam, batch):
+    import ctranslate2
+    from reference_models import ct2_to_ids, ids_to_ct2
+
+    translator = ctranslate2.Translator(
+        str(directory), device="cpu", inter_threads=1, intra_threads=threads
+    )
+
+    def translate(source_ids):
+        longest = max(len(ids) for ids in source_ids)
+        results = translator.translate_batch(
+            [ids_to_ct2(ids) for ids in source_ids],
+            beam_size=beam,
+            max_batch_size=batch,
+            length_penalty=1.0,
+            max_decoding_length=int(MAX_LENGTH_A * longest + MAX_LENGTH_B),
+        )
+        return tokenizer.decode_batch([ct2_to_ids(r.hypotheses[0]) for r in results])
+
+    return translate
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
+    settings = []
+    searches = [("greedy", 1), ("beam 5", 5)]
+    if "ours" in args.systems:
+        for (search, beam), batch, precision in (
+            (s, b, p) for s in searches for b in (64, 1) for p in ("fp32", "bf16")
+        ):
+            translate = ours(model, tokenizer, precision, beam, batch)
+            settings.append(Setting("ours", search, batch, precision, translate))
+    if "hf" in args.systems:
+        if not installed("transformers"):
+            print("skipping Hugging Face: pip install transformers (bench only)")
+        else:
+            for (search, beam), precision in (
+                (s, p) for s in searches for p in ("fp32", "bf16")
+            ):
+                translate = hugging_face(model, tokenizer, precision, beam, 64)
+                settings.append(
+                    Setting("hugging face", search, 64, precision, translate)
+                )
+    if "ct2" in args.systems:
+        # Its converter reads the Hugging Face model: transformers is needed too.
+        if not (installed("ctranslate2") and installed("transformers")):
+            print("skipping CTranslate2: pip install ctranslate2 transformers")
+        else:
+            from reference_models import to_ctranslate2
+
+            directory = to_ctranslate2(copy.deepcopy(model), workdir / "ct2")
+            for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
+                translate = ctranslate2_reference(
+                    model, tokenizer, directory, args.threads, beam, batch
+                )
+                setting = Setting("ctranslate2", search, batch, "fp32", translate)
+                settings.append(setting)
+    return settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
-    parser.add_argument("--batch1", type=int, default=200, help="sentences at batch 1")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch1", type=int, default=100, help="sentences at batch 1")
+    parser.add_argument(
+        "--systems", nargs="+", default=["ours", "hf", "ct2"], help="ours hf ct2"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
-    device = torch.device(args.device)
-    model, tokenizer, _ = load_translation_model(checkpoint, device)
+    model, tokenizer, _ = load_translation_model(checkpoint, "cpu")
     test_set = builtin_test_set("multi30k")
     source_ids = tokenizer.encode_batch(test_set.sources)
     print(f"checkpoint: {checkpoint}")
-    print(f"device: {device}, threads: {torch.get_num_threads()}")
-    print("| search | batch | precision | sentences/s | target tokens/s | BLEU |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
-    for beam_size in (1, 5):
-        for batch_size in (64, 1):
-            count = len(source_ids) if batch_size > 1 else args.batch1
-            for precision in ("fp32", "bf16"):
-                ids = source_ids[:count]
-                translate_token_ids(  # warm-up
-                    model, tokenizer, ids[:8], device, precision, beam_size=beam_size
-                )
+    print(f"torch {torch.__version__}, threads {args.threads}, {args.repeats} rounds")
+    with tempfile.TemporaryDirectory() as workdir:
+        settings = build_settings(args, model, tokenizer, Path(workdir))
+        for setting in settings:  # warm-up: first calls allocate and pick kernels
+            setting.translate(source_ids[:8])
+        for round_ in range(args.repeats):
+            for setting in settings:
+                count = len(source_ids) if setting.batch > 1 else args.batch1
                 start = time.perf_counter()
-                translations = translate_token_ids(
-                    model,
-                    tokenizer,
-                    ids,
-                    device,
-                    precision,
-                    beam_size=beam_size,
-                    batch_size=batch_size,
-                )
-                seconds = time.perf_counter() - start
-                texts = [candidates[0].text for candidates in translations]
-                generated = sum(len(tokenizer.encode(t)) + 1 for t in texts)
-                bleu = score(texts, test_set.references[:count]).bleu
-                search = "greedy" if beam_size == 1 else f"beam {beam_size}"
-                print(
-                    f"| {search} | {batch_size} | {precision} | {count / seconds:,.1f} "
-                    f"| {generated / seconds:,.0f} | {bleu:.2f} |",
-                    flush=True,
-                )
+                setting.texts = setting.translate(source_ids[:count])
+                setting.seconds.append(time.perf_counter() - start)
+            print(f"round {round_ + 1} of {args.repeats} done", flush=True)
+    report(settings, tokenizer, test_set.references)
+
+
+def report(settings: list[Setting], tokenizer, references) -> None:
+    print()
+    print(
+        "| system | search | batch | precision | sentences/s | target tokens/s "
+        "| BLEU | sentences/s of each run |"
+    )
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | --- |")
+    speed = {}
+    for s in settings:
+        count = len(s.texts)
+        seconds = statistics.median(s.seconds)
+        tokens = sum(len(ids) + 1 for ids in tokenizer.encode_batch(s.texts))
+        bleu = score(s.texts, references[:count]).bleu
+        runs = ", ".join(f"{count / t:.1f}" for t in s.seconds)
+        speed[s.system, s.search, s.batch, s.precision] = count / seconds
+        print(
+            f"| {s.system} | {s.search} | {s.batch} | {s.precision} "
+            f"| {count / seconds:,.1f} | {tokens / seconds:,.0f} | {bleu:.2f} "
+            f"| {runs} |"
+        )
+    print()
+    for search in ("greedy", "beam 5"):
+        for batch in (64, 1):
+            best = max(
+                (v, p) for (system, se, b, p), v in speed.items()
+                if system == "ours" and se == search and b == batch
+            )  # fmt: skip
+            for system in ("hugging face", "ctranslate2"):
+                for (other, se, b, p), value in speed.items():
+                    if (other, se, b) == (system, search, batch):
+                        print(
+                            f"{search}, batch {batch}: ours ({best[1]}) / {system} "
+                            f"({p}) = {best[0] / value:.2f}"
+                        )
 
 
 if __name__ == "__main__":

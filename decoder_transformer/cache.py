@@ -25,14 +25,23 @@ Shapes: ``b`` batch, ``h_kv`` key/value heads, ``s`` positions, ``d_h`` head_dim
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
 class KeyValueCache:
     """Keys and values of one attention layer, ``(b, h_kv, length, d_h)`` each.
 
-    Storage grows by doubling, so appending one step is amortized O(1) copies rather
-    than the O(length) of ``torch.cat`` at every step.
+    Storage is preallocated: for ``capacity`` positions when the caller knows how
+    many it will need (search knows its longest output), else 16, and it grows by
+    doubling when full, so appending one step is amortized O(1) copies rather than
+    the O(length) of ``torch.cat`` at every step. Reordering gathers only the stored
+    positions, into a second buffer of the same size that is kept for the next
+    reorder, so beam search (which reorders at every step) allocates no memory per
+    step either.
+
+    Args:
+        capacity: Positions to preallocate, or None to start small and grow.
 
     >>> import torch
     >>> cache = KeyValueCache()
@@ -42,9 +51,13 @@ class KeyValueCache:
     (4, (2, 1, 4, 4))
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        # Storage (b_max, h_kv, capacity, d_h); rows [:batch], positions [:length].
         self._keys: Tensor | None = None
         self._values: Tensor | None = None
+        self._spare: tuple[Tensor, Tensor] | None = None  # where reorder gathers to
+        self._batch = 0
         self._length = 0
 
     @property
@@ -52,13 +65,26 @@ class KeyValueCache:
         """Positions stored so far."""
         return self._length
 
+    @property
+    def batch(self) -> int:
+        """Rows stored (0 while empty)."""
+        return self._batch
+
     def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Appends ``(b, h_kv, s_new, d_h)`` keys and values; returns all stored."""
         end = self._length + keys.size(2)
-        if self._keys is None or end > self._keys.size(2):
-            self._grow(keys, values, capacity=max(2 * end, 16))
-        self._keys[:, :, self._length : end] = keys
-        self._values[:, :, self._length : end] = values
+        if self._keys is None:
+            self._batch = keys.size(0)
+            self._allocate(keys, values, max(end, self.capacity or 16))
+        elif keys.size(0) != self._batch:
+            raise ValueError(
+                f"the cache holds {self._batch} rows but {keys.size(0)} were given: "
+                "reorder() it when rows leave or are repeated"
+            )
+        elif end > self._keys.size(2):
+            self._allocate(keys, values, 2 * end)
+        self._keys[: self._batch, :, self._length : end] = keys
+        self._values[: self._batch, :, self._length : end] = values
         self._length = end
         return self.read()
 
@@ -67,24 +93,42 @@ class KeyValueCache:
         if self._keys is None:
             raise RuntimeError("the cache is empty: call update() first")
         return (
-            self._keys[:, :, : self._length],
-            self._values[:, :, : self._length],
+            self._keys[: self._batch, :, : self._length],
+            self._values[: self._batch, :, : self._length],
         )
 
     def reorder(self, indices: Tensor) -> None:
         """Keeps batch rows ``indices`` (a ``(b_new,)`` long tensor), in that order."""
-        if self._keys is not None:
-            self._keys = self._keys.index_select(0, indices)
-            self._values = self._values.index_select(0, indices)
+        if self._keys is None:
+            return
+        keys, values = self.read()
+        rows = indices.size(0)
+        if self._spare is None or rows > self._spare[0].size(0):
+            size = max(rows, self._keys.size(0))
+            self._spare = (
+                self._keys.new_empty(size, *self._keys.shape[1:]),
+                self._values.new_empty(size, *self._values.shape[1:]),
+            )
+        spare_keys, spare_values = self._spare
+        # Gather straight into the spare buffer's first rows and positions.
+        torch.index_select(keys, 0, indices, out=spare_keys[:rows, :, : self._length])
+        torch.index_select(
+            values, 0, indices, out=spare_values[:rows, :, : self._length]
+        )
+        self._spare = (self._keys, self._values)
+        self._keys, self._values = spare_keys, spare_values
+        self._batch = rows
 
-    def _grow(self, keys: Tensor, values: Tensor, capacity: int) -> None:
-        batch, heads, _, head_dim = keys.shape
-        new_keys = keys.new_empty(batch, heads, capacity, head_dim)
-        new_values = values.new_empty(batch, heads, capacity, values.size(-1))
+    def _allocate(self, keys: Tensor, values: Tensor, capacity: int) -> None:
+        """New storage for ``capacity`` positions, keeping what is stored."""
+        rows, heads, _, head_dim = keys.shape
+        new_keys = keys.new_empty(rows, heads, capacity, head_dim)
+        new_values = values.new_empty(rows, heads, capacity, values.size(-1))
         if self._keys is not None:
-            new_keys[:, :, : self._length] = self._keys[:, :, : self._length]
-            new_values[:, :, : self._length] = self._values[:, :, : self._length]
-        self._keys, self._values = new_keys, new_values
+            stored_keys, stored_values = self.read()
+            new_keys[:, :, : self._length] = stored_keys
+            new_values[:, :, : self._length] = stored_values
+        self._keys, self._values, self._spare = new_keys, new_values, None
 
 
 class LatentCache:
@@ -93,8 +137,11 @@ class LatentCache:
     One entry per token is the ``d_c``-wide key/value latent followed by the
     ``d_r``-wide rotary key shared by all heads (``d_r = 0`` without RoPE), as
     ``MultiHeadLatentAttention.compress`` lays it out. Keeping both in one buffer lets
-    decoding attend over the buffer as it is. Storage grows by doubling, like
-    :class:`KeyValueCache`.
+    decoding attend over the buffer as it is. Storage is preallocated for
+    ``capacity`` positions (or 16) and grows by doubling, like :class:`KeyValueCache`.
+
+    Args:
+        capacity: Positions to preallocate, or None to start small and grow.
 
     >>> import torch
     >>> cache = LatentCache()
@@ -104,7 +151,8 @@ class LatentCache:
     (4, (2, 4, 10))
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
         self._entries: Tensor | None = None
         self._length = 0
 
@@ -118,7 +166,8 @@ class LatentCache:
         end = self._length + entries.size(1)
         if self._entries is None or end > self._entries.size(1):
             batch, _, width = entries.shape
-            grown = entries.new_empty(batch, max(2 * end, 16), width)
+            size = max(end, self.capacity or 16) if self._entries is None else 2 * end
+            grown = entries.new_empty(batch, size, width)
             if self._entries is not None:
                 grown[:, : self._length] = self._entries[:, : self._length]
             self._entries = grown
@@ -144,16 +193,22 @@ class DecoderCache:
     Args:
         n_layers: Decoder blocks.
         cross_attention: Whether the blocks attend to an encoder (False for a GPT).
+        capacity: Target positions to preallocate in the self-attention caches
+            (e.g. the longest output a search allows), or None to grow as needed.
         latent: Whether self-attention is latent attention (MLA), which caches
             latents (:class:`LatentCache`) instead of keys and values.
     """
 
     def __init__(
-        self, n_layers: int, cross_attention: bool = True, latent: bool = False
+        self,
+        n_layers: int,
+        cross_attention: bool = True,
+        capacity: int | None = None,
+        latent: bool = False,
     ) -> None:
         self_attention_cache = LatentCache if latent else KeyValueCache
         self.self_attention: list[KeyValueCache] | list[LatentCache] = [
-            self_attention_cache() for _ in range(n_layers)
+            self_attention_cache(capacity) for _ in range(n_layers)
         ]
         self.cross_attention = (
             [KeyValueCache() for _ in range(n_layers)] if cross_attention else None
@@ -168,10 +223,22 @@ class DecoderCache:
         """Gathers every layer's cache along the batch: row i becomes row indices[i].
 
         Args:
-            indices: ``(b_new,)`` long tensor of rows to keep, e.g. the parent beam of
-                each surviving hypothesis; ``b_new`` may be smaller than ``b``.
+            indices: ``(b_new,)`` long tensor of rows to keep, e.g. the sentences
+                still decoding; ``b_new`` may be smaller than ``b``.
+        """
+        self.reorder_self_attention(indices)
+        self.reorder_cross_attention(indices)
+
+    def reorder_self_attention(self, indices: Tensor) -> None:
+        """Gathers the self-attention caches only (the target histories).
+
+        Beam search does this at every step, with the parent beam of each new
+        hypothesis, while the cross-attention caches keep one row per source.
         """
         for cache in self.self_attention:
             cache.reorder(indices)
+
+    def reorder_cross_attention(self, indices: Tensor) -> None:
+        """Gathers the cross-attention caches only (the source keys and values)."""
         for cache in self.cross_attention or []:
             cache.reorder(indices)

@@ -109,11 +109,8 @@ class DecoderBlock(nn.Module):
                 raise ValueError("this decoder block needs encoder_hidden_states")
             hidden_states = residual(
                 hidden_states,
-                lambda x: self.cross_attention(
-                    x,
-                    encoder_hidden_states,
-                    key_padding_mask=source_mask,
-                    cache=cross_attention_cache,
+                lambda x: self.attend_to_source(
+                    x, encoder_hidden_states, source_mask, cross_attention_cache
                 ),
                 self.cross_attention_norm,
                 self.pre_norm,
@@ -121,6 +118,53 @@ class DecoderBlock(nn.Module):
         return residual(
             hidden_states, self.feedforward, self.feedforward_norm, self.pre_norm
         )
+
+    def attend_to_source(
+        self,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: KeyValueCache | None,
+    ) -> Tensor:
+        """Cross-attention, where ``g`` consecutive target rows may share one source.
+
+        Beam search decodes the ``g`` beams of a sentence as ``g`` consecutive rows,
+        which all read the same source. The source (and its cached keys and values)
+        can then be stored once per sentence: with ``b_src`` source rows and
+        ``g · b_src`` target rows, each sentence's ``g`` rows are folded into one
+        row of ``g · s`` queries. Cross-attention treats every query on its own (no
+        causal mask, no rotary positions), so the result is the same while the
+        source keys and values are read once instead of ``g`` times.
+
+        Args:
+            hidden_states: ``(g · b_src, s, d)`` normalized target states.
+            encoder_hidden_states: ``(b_src, s_src, d)``.
+            source_mask: ``(b_src, s_src)`` True for real source tokens, or None.
+            cache: This layer's cross-attention cache (``b_src`` rows), or None.
+
+        Returns:
+            ``(g · b_src, s, d)``.
+
+        Raises:
+            ValueError: the target rows are not a multiple of the source rows.
+        """
+        sources = cache.batch if cache is not None and cache.length else None
+        sources = sources or encoder_hidden_states.size(0)
+        rows, length, width = hidden_states.shape
+        if rows % sources:
+            raise ValueError(
+                f"{rows} target rows cannot share {sources} source rows: need a "
+                "multiple (the beams of each sentence in consecutive rows)"
+            )
+        if rows != sources:
+            hidden_states = hidden_states.reshape(sources, -1, width)
+        attended = self.cross_attention(
+            hidden_states,
+            encoder_hidden_states,
+            key_padding_mask=source_mask,
+            cache=cache,
+        )
+        return attended.reshape(rows, length, width)
 
 
 class TransformerDecoder(nn.Module):
@@ -149,13 +193,15 @@ class TransformerDecoder(nn.Module):
         )
         self.final_norm = build_final_norm(config)
 
-    def new_cache(self) -> DecoderCache:
-        """An empty cache for incremental decoding with :meth:`step`.
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty cache for :meth:`step`, preallocated for ``capacity`` positions.
 
         Latent self-attention (MLA) gets latent caches, standard attention KV caches.
         """
         latent = isinstance(self.blocks[0].self_attention, MultiHeadLatentAttention)
-        return DecoderCache(len(self.blocks), self.has_cross_attention, latent)
+        return DecoderCache(
+            len(self.blocks), self.has_cross_attention, capacity, latent=latent
+        )
 
     def forward(
         self,

@@ -41,9 +41,9 @@ class GPT(nn.Module):
         """``(b, s)`` ids (with an optional ``(b, s)`` mask) → ``(b, s, v)`` logits."""
         return self.decoder(token_ids, padding_mask)
 
-    def new_cache(self) -> DecoderCache:
-        """An empty KV cache for :meth:`step`."""
-        return self.decoder.new_cache()
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty KV cache for :meth:`step`, preallocated for ``capacity`` tokens."""
+        return self.decoder.new_cache(capacity)
 
     def step(
         self,

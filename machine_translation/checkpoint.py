@@ -14,14 +14,20 @@ It contains only tensors and plain Python values, so it loads with
 Writes go to a temporary file in the same directory, then ``os.replace`` renames it
 into place: a crash mid-write leaves the previous checkpoint intact.
 
-Runs live under ``runs/<name>/<timestamp>/`` with ``checkpoints/{best,last}.pt``.
+Runs live under ``runs/<name>/<timestamp>/`` with ``checkpoints/{best,last}.pt`` and
+the weights at the last few validations, ``checkpoints/step-NNNNNNN.pt``, which
+:func:`average_checkpoints` can merge into one better model.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import re
+import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +71,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    # Random or damaged bytes fail inside the unpickler in many ways (found by
+    # loading thousands of random files): each is "not a readable checkpoint".
     except (
         RuntimeError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         EOFError,
+        IndexError,
+        KeyError,
+        ValueError,  # UnicodeDecodeError among them
     ) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "?"
         raise CheckpointError(
@@ -84,6 +95,136 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"reads format {FORMAT_VERSION} and older: upgrade the toolkit"
         )
     return payload
+
+
+def step_checkpoint_name(step: int) -> str:
+    """The name (without ``.pt``) of the weights saved at a validation step.
+
+    >>> step_checkpoint_name(1200)
+    'step-0001200'
+    """
+    return f"step-{step:07d}"
+
+
+def step_checkpoints(directory: str | Path) -> list[Path]:
+    """The ``step-NNNNNNN.pt`` files of a checkpoints directory, oldest step first."""
+    found = []
+    for path in Path(directory).glob("step-*.pt"):
+        match = re.fullmatch(r"step-(\d+)\.pt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One checkpoint whose weights are the mean of those of ``paths``.
+
+    The last checkpoints of a run are points the optimizer visited around a minimum;
+    their mean usually lies nearer its centre and translates better than any of them
+    (Vaswani et al. 2017 averaged the last 5 or 20; fairseq and Marian offer it).
+    Floating-point weights are averaged in float32 and stored in their own dtype;
+    integer and bool buffers (counters, masks) are not averaged but taken from the
+    last checkpoint; tied weights (one tensor under several names) stay one tensor.
+
+    Args:
+        paths: Checkpoints of the same model (same model config and tokenizer),
+            usually oldest first: the last one gives the step and integer buffers.
+
+    Returns:
+        A weights-only payload for :func:`save_checkpoint`: the last checkpoint's
+        task, model config, tokenizer and step, the averaged ``model``, and
+        ``averaged_from`` (the file names).
+
+    Raises:
+        CheckpointError: no paths, an unreadable file, or checkpoints of different
+            models (naming the file and what differs).
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    weights = first["model"]
+    tied = _tied_names(weights)
+    sums = {
+        name: tensor.float().clone()
+        for name, tensor in weights.items()
+        if tensor.is_floating_point() and name not in tied
+    }
+    last = first
+    for path in paths[1:]:
+        last = load_checkpoint(path)
+        _check_same_model(first, last, paths[0], path)
+        for name, total in sums.items():
+            total += last["model"][name].float()
+    averaged: dict[str, Any] = {}
+    for name, tensor in last["model"].items():
+        if name in tied:
+            continue
+        if name in sums:
+            averaged[name] = (sums[name] / len(paths)).to(tensor.dtype)
+        else:
+            averaged[name] = tensor.clone()
+    for name, original in tied.items():
+        averaged[name] = averaged[original]
+    payload = {
+        key: value
+        for key, value in last.items()
+        if key not in ("format_version", "training", "score", "model")
+    }
+    return {
+        **payload,
+        "model": {name: averaged[name] for name in weights},  # the original order
+        "averaged_from": [Path(path).name for path in paths],
+    }
+
+
+def _tied_names(weights: dict[str, Any]) -> dict[str, str]:
+    """Names whose tensor is the same as an earlier name's: ``{alias: original}``."""
+    seen: dict[tuple, str] = {}
+    tied = {}
+    for name, tensor in weights.items():
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if key in seen:
+            tied[name] = seen[key]
+        else:
+            seen[key] = name
+    return tied
+
+
+def _check_same_model(
+    reference: dict[str, Any], other: dict[str, Any], reference_path, other_path
+) -> None:
+    """Raises a CheckpointError naming the first thing ``other`` differs in."""
+    problem = None
+    for key in ("task", "model_config", "tokenizer"):
+        if reference.get(key) != other.get(key):
+            problem = f"its {key} differs"
+            if key == "model_config":
+                fields = sorted(
+                    name
+                    for name in {**reference[key], **other.get(key, {})}
+                    if reference[key].get(name) != other.get(key, {}).get(name)
+                )
+                problem += f" ({', '.join(fields)})"
+            break
+    else:
+        names, other_names = set(reference["model"]), set(other["model"])
+        if names != other_names:
+            problem = f"its weights have other names ({sorted(names ^ other_names)})"
+        else:
+            shapes = [
+                name
+                for name in reference["model"]
+                if reference["model"][name].shape != other["model"][name].shape
+            ]
+            if shapes:
+                problem = f"its weights have other shapes ({', '.join(shapes)})"
+    if problem:
+        raise CheckpointError(
+            f"cannot average {other_path} with {reference_path}: {problem}; "
+            "average checkpoints of one run only"
+        )
 
 
 def latest_run(runs_dir: str | Path, name: str | None = None) -> Path | None:
@@ -124,6 +265,43 @@ def find_checkpoint(
         if path.is_file():
             return path
     raise CheckpointError(f"{run}/checkpoints holds no best.pt or last.pt")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runs-dir`` and ``--run-name``: where a command line looks for a run."""
+    parser.add_argument("--runs-dir", default="runs", help="(default: runs)")
+    parser.add_argument(
+        "--run-name",
+        help="use the latest run of this name (default: en-fr, the "
+        "name in conf/train.yaml)",
+    )
+
+
+def run_name_argument(args: argparse.Namespace) -> str:
+    """``--run-name``, or the default config's run name."""
+    from machine_translation.config import default_run_name
+
+    return args.run_name or default_run_name()
+
+
+def checkpoint_argument(args: argparse.Namespace, prefer: str = "best") -> Path:
+    """``--checkpoint``, or else ``best.pt`` of the latest run of ``--run-name``.
+
+    The checkpoint found is named on standard error, so that a user sees which
+    model answers.
+
+    Raises:
+        CheckpointError: no run of that name has a checkpoint.
+    """
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    name = run_name_argument(args)
+    path = find_checkpoint(args.runs_dir, name, prefer=prefer)
+    print(
+        f"using {path} (latest {name!r} run; --run-name or --checkpoint to choose)",
+        file=sys.stderr,
+    )
+    return path
 
 
 def load_translation_model(path: str | Path, device: torch.device | str = "cpu"):

@@ -129,6 +129,7 @@ class TrainerConfig:
     eval_every: int = 500  # steps between validations
     log_every: int = 10  # steps between training records in metrics.jsonl
     patience: int = 10  # validations without a better BLEU before stopping; 0 = off
+    keep_checkpoints: int = 5  # newest step-NNNNNNN.pt kept (for averaging); 0 = off
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     device: str = "auto"  # auto (cuda → mps → cpu) | cpu | cuda | cuda:1 | mps
     seed: int = 1
@@ -162,6 +163,18 @@ class GPTTrainConfig:
     name: str = "gpt"
     runs_dir: str = "runs"
     resume: Any = False
+
+
+def default_run_name() -> str:
+    """The run name of the default training config (``name`` in ``conf/train.yaml``).
+
+    The command lines look for this run when no checkpoint or run name is given, so
+    that a model trained with another name (an experiment) is never used silently.
+
+    >>> default_run_name()
+    'en-fr'
+    """
+    return str(OmegaConf.load(CONFIG_DIR / "train.yaml").name)
 
 
 def register_configs() -> None:

@@ -1,6 +1,7 @@
 """``python -m machine_translation.evaluate``: BLEU and chrF of a checkpoint.
 
-    python -m machine_translation.evaluate          # best.pt of the latest run
+    python -m machine_translation.evaluate          # best.pt of the latest en-fr run
+    python -m machine_translation.evaluate --run-name multi30k --test multi30k
     python -m machine_translation.evaluate --checkpoint runs/en-fr/.../best.pt
     python -m machine_translation.evaluate --test multi30k  # one shipped test set
     python -m machine_translation.evaluate --source in.en --references ref1.fr ref2.fr
@@ -25,12 +26,17 @@ import torch
 
 from machine_translation.checkpoint import (
     CheckpointError,
-    find_checkpoint,
+    add_run_arguments,
+    checkpoint_argument,
     load_translation_model,
 )
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
-from machine_translation.runtime import resolve_device, resolve_precision
+from machine_translation.runtime import (
+    for_inference,
+    resolve_device,
+    resolve_precision,
+)
 from machine_translation.translator import translate_token_ids
 
 
@@ -121,6 +127,7 @@ def evaluate(
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
     model, tokenizer, _ = load_translation_model(checkpoint, device)
+    model = for_inference(model, precision)
     limit = model.config.max_positions
     results = {}
     for test_set in test_sets:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", help="a .pt file (default: best.pt of the latest run)"
     )
-    parser.add_argument("--runs-dir", default="runs")
+    add_run_arguments(parser)
     parser.add_argument(
         "--test",
         nargs="+",
@@ -175,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.source) != bool(args.references):
             raise DataError("--source and --references go together")
-        checkpoint = (
-            Path(args.checkpoint)
-            if args.checkpoint
-            else find_checkpoint(args.runs_dir, prefer="best")
-        )
+        checkpoint = checkpoint_argument(args)
         test_sets = (
             [file_test_set(args.source, args.references)]
             if args.source

@@ -69,7 +69,7 @@ def generate(
     tokens = tokens.unsqueeze(0).repeat(num_samples, 1)  # (n, s)
     new_tokens: list[Tensor] = []
     with autocast(device, precision):
-        cache = model.new_cache()
+        cache = model.new_cache(capacity=window)
         logits = model.step(tokens, cache)[:, -1]  # (n, v)
         for _ in range(max_new_tokens):
             logits = logits.float()
@@ -81,7 +81,7 @@ def generate(
             if cache.length + 1 <= window:
                 logits = model.step(chosen.unsqueeze(1), cache)[:, -1]
             else:  # the window is full: re-read its newest half into a new cache
-                cache = model.new_cache()
+                cache = model.new_cache(capacity=window)
                 logits = model.step(tokens[:, -(window // 2) :], cache)[:, -1]
     if not new_tokens:
         return [[] for _ in range(num_samples)]

@@ -74,9 +74,13 @@ class Seq2SeqTransformer(nn.Module):
         encoder_hidden_states = self.encode(source_ids, source_mask)
         return self.decoder(target_ids, target_mask, encoder_hidden_states, source_mask)
 
-    def new_cache(self) -> DecoderCache:
-        """An empty decoder cache for :meth:`decode_step`."""
-        return self.decoder.new_cache()
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty decoder cache for :meth:`decode_step`.
+
+        ``capacity`` preallocates that many target positions (e.g. the longest
+        output a search allows); without it the cache grows as needed.
+        """
+        return self.decoder.new_cache(capacity)
 
     def decode_step(
         self,

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from machine_translation.model import Seq2SeqTransformer
@@ -131,7 +132,7 @@ def sample_next_tokens(
     tensor([1])
     """
     if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits.max(dim=-1).indices
     logits = logits.float() / sampling.temperature
     if sampling.top_k is not None:
         logits = keep_top_k(logits, sampling.top_k)
@@ -157,7 +158,35 @@ def max_output_lengths(
     return lengths if cap is None else lengths.clamp(max=cap)
 
 
-@torch.no_grad()
+def padding_or_none(mask: Tensor) -> Tensor | None:
+    """``mask``, or None when every token is real (attention then skips masking).
+
+    >>> padding_or_none(torch.tensor([[True, True]])) is None
+    True
+    """
+    return None if bool(mask.all()) else mask
+
+
+def forced_prefixes(
+    prefixes: Sequence[Sequence[int]] | None, pad_id: int, device: torch.device
+) -> tuple[Tensor, Tensor] | None:
+    """Prefixes as a padded ``(b, longest)`` tensor and their ``(b,)`` lengths.
+
+    >>> forced_prefixes([[5, 6], []], pad_id=0, device=torch.device("cpu"))
+    (tensor([[5, 6],
+            [0, 0]]), tensor([2, 0]))
+    """
+    if prefixes is None or not any(prefixes):
+        return None
+    longest = max(len(prefix) for prefix in prefixes)
+    tokens = torch.full((len(prefixes), longest), pad_id, dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        tokens[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+    lengths = torch.tensor([len(prefix) for prefix in prefixes])
+    return tokens.to(device), lengths.to(device)
+
+
+@torch.inference_mode()
 def greedy_search(
     model: Seq2SeqTransformer,
     source_ids: Tensor,
@@ -174,6 +203,9 @@ def greedy_search(
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Greedy decoding (or sampling, token by token) of a batch of sources.
+
+    Every step is a few whole-batch tensor operations; sentences that end leave the
+    batch (their cache rows are dropped), so they stop costing compute.
 
     Args:
         model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``).
@@ -193,46 +225,49 @@ def greedy_search(
     Returns:
         For each sentence, the generated token ids without BOS and EOS.
     """
-    batch = source_ids.size(0)
-    limits = max_output_lengths(
-        source_mask, max_length_a, max_length_b, max_length
-    ).tolist()
+    batch, device = source_ids.size(0), source_ids.device
+    limits = max_output_lengths(source_mask, max_length_a, max_length_b, max_length)
+    steps = int(limits.max()) if batch else 0
     encoder_hidden_states = model.encode(source_ids, source_mask)
-    cache = model.new_cache()
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    active = list(range(batch))  # original row of each row still decoding
-    next_tokens = torch.full((batch, 1), bos_id, device=source_ids.device)
-    for step in range(max(limits, default=0)):
+    source_mask = padding_or_none(source_mask)
+    cache = model.new_cache(capacity=steps)
+    forbidden = torch.tensor([pad_id, bos_id], device=device)
+    forced = forced_prefixes(prefixes, pad_id, device)
+    generated = torch.full((batch, max(steps, 1)), pad_id, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)  # the sentence of each row decoding
+    next_tokens = torch.full((batch, 1), bos_id, device=device)
+    for step in range(steps):
         logits = model.decode_step(
             next_tokens, encoder_hidden_states, source_mask, cache
         )[:, -1]
-        logits[:, [pad_id, bos_id]] = float("-inf")
+        logits.index_fill_(1, forbidden, float("-inf"))
         if sampling is None:
-            chosen = logits.argmax(dim=-1)
+            # max's indices = argmax (the first maximum), and 4x faster in bf16.
+            chosen = logits.max(dim=-1).indices
         else:
             chosen = sample_next_tokens(logits, sampling, generator)
-        keep = []
-        for row, token in enumerate(chosen.tolist()):
-            sentence = active[row]
-            if prefixes is not None and step < len(prefixes[sentence]):
-                token = prefixes[sentence][step]
-                chosen[row] = token
-            # The last allowed position holds EOS: the sentence ends here.
-            if token == eos_id or step + 1 >= limits[sentence]:
-                continue
-            outputs[sentence].append(token)
-            keep.append(row)
-        if not keep:
-            break
-        if len(keep) < len(active):
-            rows = torch.tensor(keep, device=source_ids.device)
-            cache.reorder(rows)
-            source_mask = source_mask.index_select(0, rows)
-            encoder_hidden_states = encoder_hidden_states.index_select(0, rows)
-            chosen = chosen.index_select(0, rows)
-            active = [active[row] for row in keep]
+        if forced is not None and step < forced[0].size(1):
+            tokens, prefix_lengths = forced
+            in_prefix = step < prefix_lengths[rows]
+            chosen = torch.where(in_prefix, tokens[rows, step], chosen)
+        generated[rows, step] = chosen
+        # The last allowed position holds EOS: the sentence ends there too.
+        ended = (chosen == eos_id) | (limits[rows] <= step + 1)
+        if ended.any():
+            lengths[rows[ended]] = step
+            running = (~ended).nonzero().squeeze(1)
+            if running.numel() == 0:
+                break
+            cache.reorder(running)
+            encoder_hidden_states = encoder_hidden_states.index_select(0, running)
+            if source_mask is not None:
+                source_mask = source_mask.index_select(0, running)
+            rows, chosen = rows[running], chosen[running]
         next_tokens = chosen.unsqueeze(1)
-    return outputs
+    return [
+        generated[row, :length].tolist() for row, length in enumerate(lengths.tolist())
+    ]
 
 
 @dataclass
@@ -262,14 +297,30 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
-def _restrict(log_probs: Tensor, rows: Tensor, token: int | Tensor) -> None:
-    """Leaves only ``token`` possible in ``rows`` of ``(n, k, v)`` log-probabilities."""
-    kept = log_probs[rows, :, token].clone()
-    log_probs[rows] = float("-inf")
-    log_probs[rows, :, token] = kept
+def only_token(log_probs: Tensor, tokens: Tensor) -> Tensor:
+    """Leaves each group's beams only ``tokens[group]`` to choose (if it is ≥ 0).
+
+    Args:
+        log_probs: ``(n, k, v)``.
+        tokens: ``(n,)`` the one allowed token per group, or -1 for no restriction.
+
+    Returns:
+        ``(n, k, v)`` with every other token of restricted groups at ``-inf``.
+
+    >>> log_probs = torch.zeros(2, 1, 3)
+    >>> only_token(log_probs, torch.tensor([2, -1]))
+    tensor([[[-inf, -inf, 0.]],
+    <BLANKLINE>
+            [[0., 0., 0.]]])
+    """
+    allowed = (
+        torch.arange(log_probs.size(-1), device=log_probs.device) == tokens[:, None]
+    )
+    blocked = (tokens >= 0)[:, None] & ~allowed  # (n, v)
+    return log_probs.masked_fill(blocked[:, None, :], float("-inf"))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(
     model: Seq2SeqTransformer,
     source_ids: Tensor,
@@ -288,6 +339,13 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of sources.
 
+    Each step takes the ``2k`` best continuations of a sentence's beams (fairseq's
+    scheme): those ending with EOS become finished hypotheses, the best ``k``
+    others continue. Only finished hypotheses are handled one by one; the rest is
+    whole-batch tensor work. All beams start identical, so the first step runs one
+    row per sentence; the source's keys and values stay one row per sentence
+    throughout, shared by its beams.
+
     Args:
         model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``).
         source_ids: ``(b, s_src)`` token ids.
@@ -305,83 +363,94 @@ def beam_search(
     Returns:
         For each sentence, up to ``nbest`` hypotheses sorted by score, best first.
     """
-    batch, k = source_ids.size(0), beam_size
-    limits = max_output_lengths(
-        source_mask, max_length_a, max_length_b, max_length
-    ).tolist()
+    batch, k, device = source_ids.size(0), beam_size, source_ids.device
+    limits = max_output_lengths(source_mask, max_length_a, max_length_b, max_length)
+    steps = int(limits.max()) if batch else 0
     encoder_hidden_states = model.encode(source_ids, source_mask)
-    # The k beams of a sentence sit in k consecutive rows: (b·k, ...).
-    encoder_hidden_states = encoder_hidden_states.repeat_interleave(k, dim=0)
-    source_mask = source_mask.repeat_interleave(k, dim=0)
-    cache = model.new_cache()
-    device = source_ids.device
+    source_mask = padding_or_none(source_mask)
+    cache = model.new_cache(capacity=steps)
+    forbidden = torch.tensor([pad_id, bos_id], device=device)
+    forced = forced_prefixes(prefixes, pad_id, device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    active = list(range(batch))  # the sentence of each group of k rows
-    scores = torch.full((batch, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    history = torch.empty(batch, k, 0, dtype=torch.long, device=device)
-    next_tokens = torch.full((batch * k, 1), bos_id, device=device)
-    for step in range(max(limits, default=0)):
-        groups = len(active)
+    finished_counts = torch.zeros(batch, dtype=torch.long, device=device)
+    groups = torch.arange(batch, device=device)  # the sentence of each group
+    # Rows (b·c, ...): the c beams of a sentence in consecutive rows; c = 1 at first.
+    scores = torch.zeros(batch, 1, device=device)  # (groups, c) log-probabilities
+    history = torch.full((batch, max(steps, 1)), pad_id, device=device)
+    next_tokens = torch.full((batch, 1), bos_id, device=device)
+    for step in range(steps):
+        n, beams_now = scores.shape
         logits = model.decode_step(
             next_tokens, encoder_hidden_states, source_mask, cache
         )[:, -1]
-        log_probs = logits.float().log_softmax(dim=-1)
-        log_probs[:, [pad_id, bos_id]] = float("-inf")
-        log_probs = log_probs.view(groups, k, -1)
-        vocabulary = log_probs.size(-1)
-        at_limit = [step + 1 >= limits[sentence] for sentence in active]
-        if any(at_limit):  # the last allowed position holds EOS
-            _restrict(log_probs, torch.tensor(at_limit, device=device), eos_id)
-        if prefixes is not None:
-            for group, sentence in enumerate(active):
-                if step < len(prefixes[sentence]) and not at_limit[group]:
-                    forced = prefixes[sentence][step]
-                    _restrict(log_probs, torch.tensor([group], device=device), forced)
-
-        candidates = (scores[:, :, None] + log_probs).view(groups, k * vocabulary)
-        top_scores, top_indices = candidates.topk(2 * k, dim=1)
-        new_scores = torch.full((groups, k), float("-inf"), device=device)
-        new_beams = torch.zeros(groups, k, dtype=torch.long, device=device)
-        new_tokens = torch.full((groups, k), pad_id, device=device)
-        kept_groups = []
-        rows = zip(top_scores.tolist(), top_indices.tolist(), strict=True)
-        for group, (group_scores, group_indices) in enumerate(rows):
-            sentence, continued = active[group], 0
-            for score, index in zip(group_scores, group_indices, strict=True):
-                if score == float("-inf") or continued == k:
-                    break
-                beam, token = divmod(index, vocabulary)
-                if token == eos_id:
-                    tokens = history[group, beam].tolist()
-                    normalized = score / length_penalty(len(tokens) + 1, alpha)
-                    finished[sentence].append(Hypothesis(tokens, normalized, score))
-                else:
-                    new_scores[group, continued] = score
-                    new_beams[group, continued] = beam
-                    new_tokens[group, continued] = token
-                    continued += 1
-            # fairseq's stopping rule: a sentence is done once k hypotheses ended.
-            if continued and len(finished[sentence]) < k:
-                kept_groups.append(group)
-        if not kept_groups:
+        # One fused pass from bf16 logits to fp32 log-probabilities.
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        log_probs.index_fill_(1, forbidden, float("-inf"))
+        # At the length limit only EOS is allowed (the last position holds it);
+        # inside a forced prefix, only the prefix's token.
+        at_limit = limits[groups] <= step + 1
+        required = torch.where(at_limit, eos_id, -1)
+        if forced is not None and step < forced[0].size(1):
+            tokens, prefix_lengths = forced
+            in_prefix = ~at_limit & (step < prefix_lengths[groups])
+            required = torch.where(in_prefix, tokens[groups, step], required)
+        if (required >= 0).any():
+            log_probs = only_token(log_probs.view(n, beams_now, -1), required)
+            log_probs = log_probs.flatten(0, 1)
+        # Only a beam's 2k best tokens can be among its sentence's 2k best.
+        best_log_probs, best_tokens = log_probs.topk(2 * k, dim=-1)  # (n·c, 2k)
+        candidates = scores.reshape(-1, 1) + best_log_probs
+        top_scores, positions = candidates.view(n, -1).topk(2 * k, dim=1)
+        beams = positions // (2 * k)  # (n, 2k), best first
+        tokens = best_tokens.view(n, -1).gather(1, positions)
+        # Candidates are taken best first until k have continued: an EOS one taken
+        # on the way is a finished hypothesis, the others continue.
+        possible = top_scores > float("-inf")
+        continuing = possible & (tokens != eos_id)
+        taken = possible & (continuing.cumsum(dim=1) - continuing.long() < k)
+        ending, continuing = taken & ~continuing, taken & continuing
+        if ending.any():
+            penalty = length_penalty(step + 1, alpha)
+            where = ending.nonzero()
+            rows = (where[:, 0] * beams_now + beams[ending]).tolist()
+            for (group, _), row, score in zip(
+                where.tolist(), rows, top_scores[ending].tolist(), strict=True
+            ):
+                hypothesis = Hypothesis(
+                    history[row, :step].tolist(), score / penalty, score
+                )
+                finished[int(groups[group])].append(hypothesis)
+            finished_counts.index_add_(0, groups, ending.sum(dim=1))
+        # The continuing candidates fill slots 0.. of their group; the rest go to a
+        # spare slot k that is dropped. Beams left without one keep a -inf score.
+        slots = torch.where(continuing, continuing.cumsum(dim=1) - 1, k)
+        new_scores = scores.new_full((n, k + 1), float("-inf"))
+        new_scores = new_scores.scatter(1, slots, top_scores)[:, :k]
+        new_beams = beams.new_zeros(n, k + 1).scatter(1, slots, beams)[:, :k]
+        new_tokens = tokens.new_full((n, k + 1), pad_id).scatter(1, slots, tokens)
+        new_tokens = new_tokens[:, :k]
+        # fairseq's stopping rule: a sentence is done once k hypotheses ended.
+        searching = continuing.any(dim=1) & (finished_counts[groups] < k)
+        if not searching.any():
             break
-        kept = torch.tensor(kept_groups, device=device)
-        # Row of each surviving beam's parent in the current (groups·k) layout.
-        parents = (kept[:, None] * k + new_beams[kept]).view(-1)
-        cache.reorder(parents)
-        encoder_hidden_states = encoder_hidden_states.index_select(0, parents)
-        source_mask = source_mask.index_select(0, parents)
-        history = torch.cat(
-            [
-                history.view(groups * k, -1)[parents].view(len(kept_groups), k, -1),
-                new_tokens[kept][:, :, None],
-            ],
-            dim=2,
-        )
-        scores = new_scores[kept]
-        next_tokens = new_tokens[kept].view(-1, 1)
-        active = [active[group] for group in kept_groups]
+        if not searching.all():  # sentences leave: their source rows too
+            kept = searching.nonzero().squeeze(1)
+            cache.reorder_cross_attention(kept)
+            encoder_hidden_states = encoder_hidden_states.index_select(0, kept)
+            if source_mask is not None:
+                source_mask = source_mask.index_select(0, kept)
+            groups, new_beams = groups[kept], new_beams[kept]
+            new_scores, new_tokens = new_scores[kept], new_tokens[kept]
+            n = kept.size(0)
+        else:
+            kept = torch.arange(n, device=device)
+        # Each new beam continues its parent's history: gather it, then append.
+        parents = (kept[:, None] * beams_now + new_beams).view(-1)
+        cache.reorder_self_attention(parents)
+        history = history.index_select(0, parents)
+        history[:, step] = new_tokens.reshape(-1)
+        scores = new_scores
+        next_tokens = new_tokens.reshape(-1, 1)
     return [
         sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest]
         or [Hypothesis([], float("-inf"), float("-inf"))]

@@ -4,8 +4,9 @@ What is being learned is a :class:`TrainingTask`: it owns the model, the batches
 the validation. The loop owns everything else: AdamW, the learning-rate schedule,
 gradient accumulation and clipping, mixed precision, DistributedDataParallel,
 validation every N steps with early stopping, checkpoints (``best.pt`` by the task's
-score, ``last.pt`` with the full training state), resumption, Ctrl+C / SIGTERM, the
-progress bar and the metrics.
+score, ``last.pt`` with the full training state, and the weights at each of the last
+few validations, ``step-NNNNNNN.pt``, for checkpoint averaging), resumption, Ctrl+C /
+SIGTERM, the progress bar and the metrics.
 
 Exactness of resume: a training checkpoint holds the model, optimizer, scheduler,
 step, sampler position and every RNG state, so a resumed run takes the same batches
@@ -31,7 +32,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from machine_translation.checkpoint import save_checkpoint
+from machine_translation.checkpoint import (
+    save_checkpoint,
+    step_checkpoint_name,
+    step_checkpoints,
+)
 from machine_translation.config import OptimConfig, ScheduleConfig, TrainerConfig
 from machine_translation.metrics import MetricsLog
 from machine_translation.runtime import Distributed, autocast
@@ -204,7 +209,7 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"{kind}.pt"
 
     def save(self, kind: str, with_training_state: bool) -> Path | None:
-        """Writes ``best.pt`` or ``last.pt`` (rank 0 only)."""
+        """Writes ``best.pt``, ``last.pt`` or ``step-NNNNNNN.pt`` (rank 0 only)."""
         if not self.distributed.is_main:
             return None
         payload: dict[str, Any] = {
@@ -225,6 +230,15 @@ class Trainer:
                 "config": self.run_config,
             }
         return save_checkpoint(payload, self.checkpoint_path(kind))
+
+    def _save_step_checkpoint(self) -> None:
+        """Saves this step's weights; keeps the newest ``keep_checkpoints`` of them."""
+        keep = self.config.keep_checkpoints
+        if keep <= 0 or not self.distributed.is_main:
+            return
+        self.save(step_checkpoint_name(self.state.step), with_training_state=False)
+        for old in step_checkpoints(self.run_dir / "checkpoints")[:-keep]:
+            old.unlink(missing_ok=True)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continues from a training checkpoint (``last.pt``)."""
@@ -424,6 +438,7 @@ class Trainer:
         if improved:
             self.save("best", with_training_state=False)
         self.save("last", with_training_state=True)
+        self._save_step_checkpoint()
         patience = self.config.patience
         if patience and self.state.validations_without_improvement >= patience:
             return f"no better {self.task.score_name} in {patience} validations"

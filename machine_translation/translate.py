@@ -6,7 +6,9 @@
     python -m machine_translation.translate --sample --top-p 0.9 --seed 1 "Hello."
     python -m machine_translation.translate            # interactive, at a terminal
 
-It uses ``best.pt`` of the most recent run unless ``--checkpoint`` names one.
+It uses ``best.pt`` of the most recent ``en-fr`` run (the default training config's
+name; ``--run-name`` picks another, and standard error says which checkpoint is
+used) unless ``--checkpoint`` names one.
 Standard input is read one sentence per line and translated in batches as it
 arrives, with one output line per input line (an empty line gives an empty line).
 With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>``.
@@ -25,9 +27,12 @@ import itertools
 import logging
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
-from machine_translation.checkpoint import CheckpointError, find_checkpoint
+from machine_translation.checkpoint import (
+    CheckpointError,
+    add_run_arguments,
+    checkpoint_argument,
+)
 from machine_translation.search import Sampling
 from machine_translation.translator import Translation, Translator
 
@@ -39,7 +44,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("sentences", nargs="*", help="sentences (default: stdin)")
     parser.add_argument("--checkpoint", help="a .pt file (default: latest run's best)")
-    parser.add_argument("--runs-dir", default="runs")
+    add_run_arguments(parser)
     parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: 5)")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
     parser.add_argument("--alpha", type=float, default=1.0, help="length penalty")
@@ -136,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     try:
-        checkpoint = (
-            Path(args.checkpoint)
-            if args.checkpoint
-            else find_checkpoint(args.runs_dir, prefer="best")
-        )
+        checkpoint = checkpoint_argument(args)
         sampling, beam_size = sampling_settings(args)
         translator = Translator(
             checkpoint,

@@ -19,7 +19,12 @@ import torch
 from machine_translation.checkpoint import load_translation_model
 from machine_translation.data import collate
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime import autocast, resolve_device, resolve_precision
+from machine_translation.runtime import (
+    for_inference,
+    inference_precision,
+    resolve_device,
+    resolve_precision,
+)
 from machine_translation.search import Sampling, beam_search, greedy_search
 from machine_translation.tokenizer import BPETokenizer
 
@@ -59,7 +64,8 @@ def translate_token_ids(
         source_ids: Token ids per sentence (no BOS/EOS), each non-empty and at most
             ``model.config.max_positions`` long.
         device: Where to compute.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        precision: ``fp32``, ``bf16`` or ``fp16``: autocast if the weights are fp32
+            (validation while training), else the weights' own precision.
         beam_size: 1 for greedy search, more for beam search.
         nbest: Translations per source (beam search only).
         alpha: Beam search length penalty.
@@ -90,7 +96,7 @@ def translate_token_ids(
             bos_id=tokenizer.bos_id,
             eos_id=tokenizer.eos_id,
         ).to(device)
-        with autocast(device, precision):
+        with inference_precision(model, device, precision):
             if beam_size == 1:
                 outputs = greedy_search(
                     model,
@@ -163,7 +169,8 @@ class Translator:
             raise ValueError(f"sampling needs beam_size=1, got beam_size={beam_size}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
+        model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
+        self.model = for_inference(model, self.precision)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size = batch_size
         self.sampling = sampling

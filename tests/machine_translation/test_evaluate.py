@@ -4,6 +4,7 @@ import sys
 import pytest
 from conftest import PROJECT_ROOT
 
+from machine_translation import evaluate
 from machine_translation.evaluate import builtin_test_set, file_test_set, score
 
 
@@ -105,3 +106,17 @@ def test_evaluate_cli_with_files_and_errors(smoke_run, tmp_path):
     corrupt.write_bytes(b"not a checkpoint")
     broken = run_evaluate("--checkpoint", str(corrupt))
     assert broken.returncode == 2 and "not a readable checkpoint" in broken.stderr
+
+
+def test_evaluate_takes_the_named_run_and_says_which(smoke_run, tmp_path, capsys):
+    runs = smoke_run.parent.parent  # <runs>/smoke/<timestamp>
+    (tmp_path / "src.en").write_text("A dog runs.\n")
+    (tmp_path / "ref.fr").write_text("Un chien court.\n")
+    files = ["--source", f"{tmp_path}/src.en", "--references", f"{tmp_path}/ref.fr"]
+    files += ["--beam", "1", "--output-dir", str(tmp_path)]
+    assert evaluate.main(["--runs-dir", str(runs), "--run-name", "smoke", *files]) == 0
+    best = runs / "smoke" / smoke_run.name / "checkpoints" / "best.pt"
+    assert f"using {best} (latest 'smoke' run" in capsys.readouterr().err
+    # Without --run-name only en-fr runs count: the smoke run is not taken silently.
+    assert evaluate.main(["--runs-dir", str(runs), *files]) == 2
+    assert f"no trained model found under {runs / 'en-fr'}" in capsys.readouterr().err

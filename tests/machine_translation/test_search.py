@@ -70,8 +70,11 @@ class TokenHistory:
 
     tokens = None
 
-    def reorder(self, indices):
+    def reorder_self_attention(self, indices):
         self.tokens = self.tokens.index_select(0, indices)
+
+    def reorder_cross_attention(self, indices):
+        pass  # the source rows are passed at every step
 
 
 class FullRecompute:
@@ -83,7 +86,7 @@ class FullRecompute:
     def encode(self, source_ids, source_mask):
         return self.model.encode(source_ids, source_mask)
 
-    def new_cache(self):
+    def new_cache(self, capacity=None):
         return TokenHistory()
 
     def decode_step(self, tokens, encoder_hidden_states, source_mask, cache):
@@ -91,8 +94,15 @@ class FullRecompute:
             cache.tokens = tokens
         else:
             cache.tokens = torch.cat([cache.tokens, tokens], dim=1)
+        # Beam search passes one source row per sentence for its beams' rows.
+        beams = cache.tokens.size(0) // encoder_hidden_states.size(0)
+        if source_mask is not None:
+            source_mask = source_mask.repeat_interleave(beams, dim=0)
         logits = self.model.decoder(
-            cache.tokens, None, encoder_hidden_states, source_mask
+            cache.tokens,
+            None,
+            encoder_hidden_states.repeat_interleave(beams, dim=0),
+            source_mask,
         )
         return logits[:, -tokens.size(1) :]
 

@@ -54,6 +54,19 @@ def test_short_run_lowers_validation_loss_and_writes_the_run(tmp_path):
     assert last["training"]["state"]["step"] == 60
 
 
+def test_only_the_newest_step_checkpoints_are_kept(tmp_path):
+    settings = ["trainer.max_steps=16", "trainer.eval_every=4"]
+    run_dir = train(compose_config(tmp_path, *settings, "trainer.keep_checkpoints=2"))
+    # Validations at steps 4, 8, 12 and 16 each wrote one; the two newest remain.
+    files = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert files == ["best.pt", "last.pt", "step-0000012.pt", "step-0000016.pt"]
+    newest = load_checkpoint(run_dir / "checkpoints" / "step-0000016.pt")
+    assert "training" not in newest and newest["step"] == 16
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for name, tensor in last["model"].items():
+        assert torch.equal(tensor, newest["model"][name]), name
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     # 4096-token batches make 26 per epoch: the resumed part crosses an epoch end.
     common = ["data.max_tokens=4096", "trainer.eval_every=15"]

@@ -136,3 +136,13 @@ def test_bad_sampling_options_are_one_line_errors(checkpoint, arguments, message
     result = run_translate("--checkpoint", checkpoint, *arguments, "A dog.")
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_run_name_picks_the_run_and_says_which(smoke_run):
+    runs = smoke_run.parent.parent  # <runs>/smoke/<timestamp>
+    named = run_translate("--runs-dir", str(runs), "--run-name", "smoke", "A dog.")
+    assert named.returncode == 0, named.stderr
+    assert len(named.stdout.splitlines()) == 1
+    best = runs / "smoke" / smoke_run.name / "checkpoints" / "best.pt"
+    assert named.stderr.startswith(f"using {best} (latest 'smoke' run")
+    assert named.stderr.count("\n") == 1
