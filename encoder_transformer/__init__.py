@@ -9,6 +9,14 @@ from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding, build_token_embedding
 from encoder_transformer.encoder import EncoderBlock, TransformerEncoder
 from encoder_transformer.feedforward import FeedForward, SwiGLU, build_feedforward
+from encoder_transformer.lora import (
+    LoRAConfig,
+    LoRALinear,
+    add_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+)
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import (
     LearnedPositionalEmbedding,
@@ -20,6 +28,8 @@ __all__ = [
     "EncoderBlock",
     "FeedForward",
     "LearnedPositionalEmbedding",
+    "LoRAConfig",
+    "LoRALinear",
     "MultiHeadAttention",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
@@ -27,10 +37,14 @@ __all__ = [
     "TransformerConfig",
     "TransformerEmbedding",
     "TransformerEncoder",
+    "add_lora",
     "attention_mask",
     "build_feedforward",
     "build_norm",
     "build_token_embedding",
     "causal_mask",
+    "load_lora_state_dict",
+    "lora_state_dict",
+    "merge_lora",
     "residual",
 ]
