@@ -14,6 +14,7 @@ from encoder_transformer.lora import (
     LoRALinear,
     add_lora,
     load_lora_state_dict,
+    lora_parameters,
     lora_state_dict,
     merge_lora,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "build_token_embedding",
     "causal_mask",
     "load_lora_state_dict",
+    "lora_parameters",
     "lora_state_dict",
     "merge_lora",
     "residual",

@@ -126,22 +126,39 @@ def find_checkpoint(
     raise CheckpointError(f"{run}/checkpoints holds no best.pt or last.pt")
 
 
-def load_translation_model(path: str | Path, device: torch.device | str = "cpu"):
+def load_translation_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    adapter: str | Path | None = None,
+):
     """Rebuilds the model and tokenizer stored in a translation checkpoint.
+
+    Args:
+        path: A translation checkpoint, or a LoRA adapter checkpoint: then the base
+            model it records is loaded with the adapters merged in.
+        device: Where the model goes.
+        adapter: LoRA adapters to merge into the model at ``path`` (their base).
 
     Returns:
         ``(model, tokenizer, payload)``: the model in eval mode on ``device``, its
-        :class:`~machine_translation.tokenizer.BPETokenizer`, and the raw payload.
+        :class:`~machine_translation.tokenizer.BPETokenizer`, and the raw payload
+        (the adapters' one when adapters are merged).
 
     Raises:
-        CheckpointError: unreadable file, or not a translation checkpoint.
+        CheckpointError: unreadable file, not a translation checkpoint, or adapters
+            of another base.
     """
     # Imported here: loading files must not require building models at import time.
     from machine_translation.config import build_model_config
+    from machine_translation.finetune import load_adapted_model
     from machine_translation.model import Seq2SeqTransformer
     from machine_translation.tokenizer import BPETokenizer
 
+    if adapter is not None:
+        return load_adapted_model(adapter, path, device)
     payload = load_checkpoint(path)
+    if "adapter" in payload:
+        return load_adapted_model(path, None, device)
     task = payload.get("task", "translation")
     if task != "translation":
         raise CheckpointError(f"{path} is a {task!r} checkpoint, not a translation one")

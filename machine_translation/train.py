@@ -41,6 +41,7 @@ from machine_translation.data import (
     clean_corpus,
     load_corpus,
 )
+from machine_translation.finetune import FineTuning
 from machine_translation.model import Seq2SeqTransformer, count_parameters
 from machine_translation.runtime import (
     Distributed,
@@ -134,6 +135,8 @@ def train(config: TrainConfig) -> Path:
         raise CheckpointError(
             f"{resume_path} has no training state: resume from last.pt"
         )
+    # A fine-tuning run starts from a trained model: its weights and tokenizer.
+    finetuning = FineTuning.from_config(config, checkpoint)
     run_dir = resume_path.parent.parent if resume_path else new_run_dir(config)
     run_dir = Path(share_from_main(str(run_dir), distributed))
     setup_logging(run_dir if distributed.is_main else None)
@@ -145,7 +148,9 @@ def train(config: TrainConfig) -> Path:
     train_corpus = load_corpora(data.train, data.max_length_ratio)
     valid_corpus = load_corpora(data.valid, None)
     tokenizer_path = run_dir / "tokenizer.json"
-    if checkpoint is not None:
+    if finetuning is not None:
+        tokenizer = finetuning.tokenizer
+    elif checkpoint is not None:
         tokenizer = BPETokenizer.from_json(checkpoint["tokenizer"])
     elif distributed.is_main:
         logger.info("training a %d-token BPE on %s", data.vocab_size, train_corpus.name)
@@ -153,7 +158,7 @@ def train(config: TrainConfig) -> Path:
             train_corpus.sources + train_corpus.targets, data.vocab_size
         )
         tokenizer.save(tokenizer_path)
-    if checkpoint is None and distributed.enabled:
+    if checkpoint is None and finetuning is None and distributed.enabled:
         dist.barrier()  # rank 0 has written the tokenizer
         tokenizer = BPETokenizer.load(tokenizer_path)
 
@@ -179,8 +184,12 @@ def train(config: TrainConfig) -> Path:
             source_vocab_size=tokenizer.vocab_size,
             pad_id=tokenizer.pad_id,
         )
-    model = Seq2SeqTransformer(model_config)
-    task = TranslationTask(
+    if finetuning is not None:
+        model = finetuning.build_model()
+        task_type = finetuning.task_type
+    else:
+        model, task_type = Seq2SeqTransformer(model_config), TranslationTask
+    task = task_type(
         model,
         tokenizer,
         train_data,

@@ -6,6 +6,8 @@
     python -m machine_translation.translate            # interactive, at a terminal
 
 It uses ``best.pt`` of the most recent run unless ``--checkpoint`` names one.
+``--adapter PATH`` adds LoRA adapters (merged into the weights) to ``--checkpoint``,
+or, alone, to the base model recorded in them.
 Standard input is read one sentence per line and translated in batches as it
 arrives, with one output line per input line (an empty line gives an empty line).
 With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>``.
@@ -34,6 +36,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("sentences", nargs="*", help="sentences (default: stdin)")
     parser.add_argument("--checkpoint", help="a .pt file (default: latest run's best)")
+    parser.add_argument("--adapter", help="LoRA adapters to merge into --checkpoint")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     try:
         checkpoint = (
-            Path(args.checkpoint)
-            if args.checkpoint
+            Path(args.checkpoint or args.adapter)  # adapters alone: their own base
+            if args.checkpoint or args.adapter
             else find_checkpoint(args.runs_dir, prefer="best")
         )
         translator = Translator(
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             args.nbest,
             args.alpha,
             args.batch_size,
+            adapter=args.adapter if args.checkpoint else None,
         )
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -121,6 +121,7 @@ class Translator:
         nbest: Translations per sentence.
         alpha: Beam search length penalty.
         batch_size: Sentences per batch.
+        adapter: LoRA adapters to merge into ``checkpoint`` (their base).
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -135,6 +136,7 @@ class Translator:
         nbest: int = 1,
         alpha: float = 1.0,
         batch_size: int = 64,
+        adapter: str | Path | None = None,
     ) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(
@@ -143,7 +145,9 @@ class Translator:
             )
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
+        self.model, self.tokenizer, _ = load_translation_model(
+            checkpoint, self.device, adapter
+        )
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size = batch_size
 
