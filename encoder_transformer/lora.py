@@ -226,9 +226,10 @@ class LoRALinear(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """``(..., d_in)`` → ``(..., d_out)``."""
         # Two thin products, (..., d_in) → (..., n·r) → (..., d_out), never the full
-        # (d_out, d_in) update: r ≪ d keeps training cheap.
-        low_rank = F.linear(self.dropout(inputs), self.lora_A)
-        return self.base(inputs) + self.scale * F.linear(low_rank, self.update_matrix())
+        # (d_out, d_in) update: r ≪ d keeps training cheap. The scale is applied
+        # where the tensor is narrowest.
+        low_rank = F.linear(self.dropout(inputs), self.lora_A) * self.scale
+        return self.base(inputs) + F.linear(low_rank, self.update_matrix())
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
