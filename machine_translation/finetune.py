@@ -63,8 +63,8 @@ METHODS = ("lora", "full")
 def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
     """SHA-256 (hex) of a state dict: every name, dtype, shape and value.
 
-    Two checkpoints have the same fingerprint exactly when they hold the same
-    weights, whatever their path, file date or training state.
+    Two checkpoints share a fingerprint only if they hold the same weights,
+    whatever their path, file date or training state.
     """
     digest = hashlib.sha256()
     for name in sorted(state):
@@ -182,8 +182,8 @@ class FineTuning:
         recorded = LoRAConfig.from_dict(resume["adapter"]["lora"])
         if recorded != self.lora:
             raise CheckpointError(
-                f"the run to resume trained LoRA {recorded}; this config asks for "
-                f"{self.lora}: resume with the same lora settings"
+                f"the run to resume trained {describe(recorded)}; this config asks for "
+                f"{describe(self.lora)}: resume with the same lora settings"
             )
 
     @property
@@ -211,7 +211,7 @@ class FineTuning:
         logger.info(
             "fine-tuning %s (%s): %s of its %s parameters train (%.2f%%)",
             self.base_path,
-            "full" if self.lora is None else f"LoRA {self.lora}",
+            "full" if self.lora is None else describe(self.lora),
             f"{trainable:,}",
             f"{total:,}",
             100 * trainable / total,
@@ -224,6 +224,12 @@ class FineTuning:
         if self.lora is None:
             return TranslationTask
         return functools.partial(AdapterTranslationTask, adapter=self.adapter_record)
+
+
+def describe(lora: LoRAConfig) -> str:
+    """``LoRA r=8, alpha=16 on q,v (both)``."""
+    targets = ",".join(lora.targets)
+    return f"LoRA r={lora.rank}, alpha={lora.alpha:g} on {targets} ({lora.where})"
 
 
 def check_base(adapter: Mapping[str, Any], fingerprint: str, base_path: Path) -> None:
