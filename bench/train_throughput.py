@@ -128,17 +128,30 @@ def peak_memory_child(model_name: str, precision: str, steps: int) -> None:
         tokenizer, encoded, config, device, precision, Path("/tmp/bench_run")
     )
     # Data preparation (BPE training) peaks higher than training: reset the peak
-    # resident set size (Linux: clear_refs 5) so that only training counts.
-    Path("/proc/self/clear_refs").write_text("5")
+    # so that only training counts.
+    reset_peak_memory(device)
     for batch in itertools.islice(task.batches(), steps):
         trainer._optimizer_step([batch])
+    print(json.dumps({"peak_mib": peak_memory_mib(device)}))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts a new peak: CUDA's allocator peak, or the resident set size's (Linux:
+    ``clear_refs 5`` resets VmHWM)."""
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
     else:
-        status = Path("/proc/self/status").read_text().splitlines()
-        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-        peak /= 1024
-    print(json.dumps({"peak_mib": peak}))
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory`, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status").read_text().splitlines()
+    return (
+        next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    )
 
 
 def main() -> None:
@@ -170,14 +183,7 @@ def main() -> None:
         results[precision] = {"seconds": 0.0, "tokens": 0, "flops": 0.0}
     for _ in range(args.rounds):  # alternate: both see the same load
         for precision, trainer in trainers.items():
-            for batch in batches[:2]:  # warm-up
-                trainer._optimizer_step([batch])
-            _synchronize(device)
-            start = time.perf_counter()
-            for batch in batches[2:]:
-                trainer._optimizer_step([batch])
-            _synchronize(device)
-            results[precision]["seconds"] += time.perf_counter() - start
+            results[precision]["seconds"] += timed_steps(trainer, batches, device)
             for batch in batches[2:]:
                 tokens = batch.source_tokens + batch.target_tokens
                 results[precision]["tokens"] += tokens
@@ -220,6 +226,18 @@ def main() -> None:
         results["fp32"]["tokens"] / results["fp32"]["seconds"]
     )
     print(f"bf16 / fp32 speed: {speedup:.2f}x")
+
+
+def timed_steps(trainer: Trainer, batches: list, device: torch.device) -> float:
+    """Seconds of training steps on ``batches[2:]``, after two warm-up steps."""
+    for batch in batches[:2]:
+        trainer._optimizer_step([batch])
+    _synchronize(device)
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        trainer._optimizer_step([batch])
+    _synchronize(device)
+    return time.perf_counter() - start
 
 
 def _synchronize(device: torch.device) -> None:

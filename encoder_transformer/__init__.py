@@ -10,6 +10,15 @@ from encoder_transformer.embedding import TransformerEmbedding, build_token_embe
 from encoder_transformer.encoder import EncoderBlock, TransformerEncoder
 from encoder_transformer.feedforward import FeedForward, SwiGLU, build_feedforward
 from encoder_transformer.latent_attention import MultiHeadLatentAttention
+from encoder_transformer.lora import (
+    LoRAConfig,
+    LoRALinear,
+    add_lora,
+    load_lora_state_dict,
+    lora_parameters,
+    lora_state_dict,
+    merge_lora,
+)
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import (
     LearnedPositionalEmbedding,
@@ -21,6 +30,8 @@ __all__ = [
     "EncoderBlock",
     "FeedForward",
     "LearnedPositionalEmbedding",
+    "LoRAConfig",
+    "LoRALinear",
     "MultiHeadAttention",
     "MultiHeadLatentAttention",
     "RotaryEmbedding",
@@ -29,10 +40,15 @@ __all__ = [
     "TransformerConfig",
     "TransformerEmbedding",
     "TransformerEncoder",
+    "add_lora",
     "attention_mask",
     "build_feedforward",
     "build_norm",
     "build_token_embedding",
     "causal_mask",
+    "load_lora_state_dict",
+    "lora_parameters",
+    "lora_state_dict",
+    "merge_lora",
     "residual",
 ]

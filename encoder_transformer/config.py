@@ -40,6 +40,19 @@ def _runtime_type(hint: Any) -> type:
     return hint
 
 
+def reject_unknown_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
+    """Raises a ``ValueError`` naming the first key that is not a field of ``schema``.
+
+    A typo in a YAML file would otherwise fall back to the default silently.
+    """
+    names = [field.name for field in dataclasses.fields(schema)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown {what} key {key!r}{hint}")
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """The architecture of an encoder, a decoder, a GPT or an encoder-decoder model.
@@ -260,12 +273,7 @@ class TransformerConfig:
         ...
         ValueError: unknown model config key 'd_modle' (did you mean 'd_model'?)
         """
-        names = [field.name for field in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown model config key {key!r}{hint}")
+        reject_unknown_keys(values, cls, "model config")
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:

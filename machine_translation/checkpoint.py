@@ -285,7 +285,7 @@ def run_name_argument(args: argparse.Namespace) -> str:
 
 
 def checkpoint_argument(args: argparse.Namespace, prefer: str = "best") -> Path:
-    """``--checkpoint``, or else ``best.pt`` of the latest run of ``--run-name``.
+    """``--checkpoint`` (or ``--adapter`` alone), else the latest ``--run-name`` run's.
 
     The checkpoint found is named on standard error, so that a user sees which
     model answers.
@@ -295,6 +295,8 @@ def checkpoint_argument(args: argparse.Namespace, prefer: str = "best") -> Path:
     """
     if args.checkpoint:
         return Path(args.checkpoint)
+    if getattr(args, "adapter", None):  # adapters alone: on the base they record
+        return Path(args.adapter)
     name = run_name_argument(args)
     path = find_checkpoint(args.runs_dir, name, prefer=prefer)
     print(
@@ -304,20 +306,38 @@ def checkpoint_argument(args: argparse.Namespace, prefer: str = "best") -> Path:
     return path
 
 
-def load_translation_model(path: str | Path, device: torch.device | str = "cpu"):
+def load_translation_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    adapter: str | Path | None = None,
+):
     """Rebuilds the model and tokenizer stored in a translation checkpoint.
+
+    Args:
+        path: A translation checkpoint, or a LoRA adapter checkpoint: then the base
+            model it records is loaded with the adapters merged in.
+        device: Where the model goes.
+        adapter: LoRA adapters to merge into the model at ``path`` (their base).
 
     Returns:
         ``(model, tokenizer, payload)``: the model in eval mode on ``device``, its
-        :class:`~machine_translation.tokenizer.BPETokenizer`, and the raw payload.
+        :class:`~machine_translation.tokenizer.BPETokenizer`, and the raw payload
+        (the adapters' one when adapters are merged).
 
     Raises:
-        CheckpointError: unreadable file, or not a translation checkpoint.
+        CheckpointError: unreadable file, not a translation checkpoint, or adapters
+            of another base.
     """
     # Imported here: loading files must not require building models at import time.
+    from machine_translation.finetune import load_adapted_model
     from machine_translation.model import Seq2SeqTransformer
 
-    return _load_model(path, device, "translation", Seq2SeqTransformer)
+    if adapter is not None:
+        return load_adapted_model(adapter, path, device)
+    payload = load_checkpoint(path)
+    if "adapter" in payload:
+        return load_adapted_model(path, None, device)
+    return _build_model(payload, path, device, "translation", Seq2SeqTransformer)
 
 
 def load_language_model(path: str | Path, device: torch.device | str = "cpu"):
@@ -332,14 +352,14 @@ def load_language_model(path: str | Path, device: torch.device | str = "cpu"):
     """
     from decoder_transformer.gpt import GPT
 
-    return _load_model(path, device, "gpt", GPT)
+    return _build_model(load_checkpoint(path), path, device, "gpt", GPT)
 
 
-def _load_model(path, device, task: str, model_class: type):
+def _build_model(payload: dict, path, device, task: str, model_class: type):
+    """``(model, tokenizer, payload)`` of a loaded ``task`` checkpoint ``payload``."""
     from machine_translation.config import build_model_config
     from machine_translation.tokenizer import tokenizer_from_json
 
-    payload = load_checkpoint(path)
     found = payload.get("task", "translation")
     if found != task:
         raise CheckpointError(

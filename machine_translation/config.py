@@ -138,6 +138,14 @@ class TrainerConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Starting from a trained model instead of from scratch (``finetune.*``)."""
+
+    base: str | None = None  # a translation checkpoint: its weights and tokenizer
+    method: str | None = None  # lora (adapters, conf/lora) | full; None = lora
+
+
+@dataclass
 class TrainConfig:
     """The whole run (``conf/train.yaml``); TransformerConfig checks ``model``."""
 
@@ -146,6 +154,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: dict[str, Any] = field(default_factory=dict)  # LoRAConfig checks it
     name: str = "en-fr"  # runs/<name>/<timestamp>/
     runs_dir: str = "runs"
     resume: Any = False  # false | true (the latest run of <name>) | a checkpoint path

@@ -5,6 +5,7 @@
     python -m machine_translation.evaluate --checkpoint runs/en-fr/.../best.pt
     python -m machine_translation.evaluate --test multi30k  # one shipped test set
     python -m machine_translation.evaluate --source in.en --references ref1.fr ref2.fr
+    python -m machine_translation.evaluate --adapter runs/lora-tatoeba/.../best.pt
 
 Scores come from sacreBLEU: BLEU on cased, detokenized text with its signature (the
 number to report), lower-cased BLEU (comparable with papers that lower-case), and
@@ -120,13 +121,16 @@ def evaluate(
     precision: str,
     beam_sizes: list[int],
     output_dir: Path | None = None,
+    adapter: Path | None = None,
 ) -> dict[tuple[str, int], Scores]:
     """Translates each test set with each beam size (1 = greedy) and scores it.
+
+    ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
 
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
-    model, tokenizer, _ = load_translation_model(checkpoint, device)
+    model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
     model = for_inference(model, precision)
     limit = model.config.max_positions
     results = {}
@@ -153,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--checkpoint", help="a .pt file (default: best.pt of the latest run)"
+    )
+    parser.add_argument(
+        "--adapter", help="LoRA adapters to merge into --checkpoint (or their base)"
     )
     add_run_arguments(parser)
     parser.add_argument(
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if bool(args.source) != bool(args.references):
             raise DataError("--source and --references go together")
         checkpoint = checkpoint_argument(args)
+        adapter = Path(args.adapter) if args.checkpoint and args.adapter else None
         test_sets = (
             [file_test_set(args.source, args.references)]
             if args.source
@@ -193,15 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         output_dir = (
             Path(args.output_dir)
             if args.output_dir
-            else checkpoint.parent.parent / "eval"
+            else (adapter or checkpoint).parent.parent / "eval"
         )
         results = evaluate(
-            checkpoint, test_sets, device, precision, args.beam, output_dir
+            checkpoint, test_sets, device, precision, args.beam, output_dir, adapter
         )
     except (CheckpointError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"checkpoint: {checkpoint}")
+    print(f"checkpoint: {checkpoint}" + (f" + adapter {adapter}" if adapter else ""))
     for test_set in test_sets:
         for beam_size in args.beam:
             result = results[test_set.name, beam_size]

@@ -50,6 +50,7 @@ from machine_translation.data import (
     clean_corpus,
     load_corpus,
 )
+from machine_translation.finetune import FineTuning
 from machine_translation.language_model_task import LanguageModelTask
 from machine_translation.model import Seq2SeqTransformer, count_parameters
 from machine_translation.runtime import (
@@ -143,6 +144,7 @@ class Run:
     run_dir: Path
     checkpoint: dict[str, Any] | None  # the training checkpoint resumed from
     resume_path: Path | None
+    finetuning: FineTuning | None = None  # translation runs that start from a model
 
 
 def start_run(config: TrainConfig | GPTTrainConfig) -> Run:
@@ -157,13 +159,28 @@ def start_run(config: TrainConfig | GPTTrainConfig) -> Run:
         raise CheckpointError(
             f"{resume_path} has no training state: resume from last.pt"
         )
+    # A fine-tuning run starts from a trained model (checked before any file is made).
+    finetuning = (
+        FineTuning.from_config(config, checkpoint)
+        if isinstance(config, TrainConfig)
+        else None
+    )
     run_dir = resume_path.parent.parent if resume_path else new_run_dir(config)
     run_dir = Path(share_from_main(str(run_dir), distributed))
     setup_logging(run_dir if distributed.is_main else None)
     precision = resolve_precision(config.trainer.precision, device)
     torch.manual_seed(config.trainer.seed)
     random.seed(config.trainer.seed)
-    return Run(config, distributed, device, precision, run_dir, checkpoint, resume_path)
+    return Run(
+        config,
+        distributed,
+        device,
+        precision,
+        run_dir,
+        checkpoint,
+        resume_path,
+        finetuning,
+    )
 
 
 def shared_tokenizer(run: Run, build: Callable[[], Any]) -> Any:
@@ -238,6 +255,7 @@ def run_trainer(run: Run, task: TrainingTask) -> Path:
 def train_translation(config: TrainConfig) -> Path:
     """Trains an encoder-decoder on sentence pairs (``conf/train.yaml``)."""
     run = start_run(config)
+    finetuning = run.finetuning  # if any, its weights and tokenizer are the start
     data = config.data
     train_corpus = load_corpora(data.train, data.max_length_ratio)
     valid_corpus = load_corpora(data.valid, None)
@@ -248,7 +266,10 @@ def train_translation(config: TrainConfig) -> Path:
             train_corpus.sources + train_corpus.targets, data.vocab_size
         )
 
-    tokenizer = shared_tokenizer(run, train_bpe)
+    if finetuning is not None:
+        tokenizer = finetuning.tokenizer
+    else:
+        tokenizer = shared_tokenizer(run, train_bpe)
     train_data, too_long = encode_corpus(
         train_corpus, tokenizer, data.max_source_length, data.max_target_length
     )
@@ -261,8 +282,12 @@ def train_translation(config: TrainConfig) -> Path:
         data.max_target_length,
         len(valid_data),
     )
-    model = Seq2SeqTransformer(model_config(run, tokenizer))
-    task = TranslationTask(
+    if finetuning is not None:
+        model, task_type = finetuning.build_model(), finetuning.task_type
+    else:
+        model = Seq2SeqTransformer(model_config(run, tokenizer))
+        task_type = TranslationTask
+    task = task_type(
         model,
         tokenizer,
         train_data,

@@ -46,7 +46,12 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingTask(Protocol):
-    """What the loop needs to know about the thing being trained."""
+    """What the loop needs to know about the thing being trained.
+
+    A task may also define ``model_state_dict()`` and ``load_model_state_dict(state)``
+    to choose what checkpoints keep of the model (LoRA fine-tuning keeps only the
+    adapters); by default they keep all of it.
+    """
 
     name: str  # stored in checkpoints: "translation" or "gpt"
     model: nn.Module
@@ -214,7 +219,7 @@ class Trainer:
             return None
         payload: dict[str, Any] = {
             "task": self.task.name,
-            "model": self.model.state_dict(),
+            "model": getattr(self.task, "model_state_dict", self.model.state_dict)(),
             "step": self.state.step,
             "score": {self.task.score_name: self.state.best_score},
             **self.task.checkpoint_payload(),
@@ -243,7 +248,8 @@ class Trainer:
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continues from a training checkpoint (``last.pt``)."""
         training = checkpoint["training"]
-        self.model.load_state_dict(checkpoint["model"])
+        load = getattr(self.task, "load_model_state_dict", self.model.load_state_dict)
+        load(checkpoint["model"])
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         self.scaler.load_state_dict(training["scaler"])

@@ -9,6 +9,8 @@
 It uses ``best.pt`` of the most recent ``en-fr`` run (the default training config's
 name; ``--run-name`` picks another, and standard error says which checkpoint is
 used) unless ``--checkpoint`` names one.
+``--adapter PATH`` adds LoRA adapters (merged into the weights) to ``--checkpoint``,
+or, alone, to the base model recorded in them.
 Standard input is read one sentence per line and translated in batches as it
 arrives, with one output line per input line (an empty line gives an empty line).
 With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>``.
@@ -44,6 +46,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("sentences", nargs="*", help="sentences (default: stdin)")
     parser.add_argument("--checkpoint", help="a .pt file (default: latest run's best)")
+    parser.add_argument("--adapter", help="LoRA adapters to merge into --checkpoint")
     add_run_arguments(parser)
     parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: 5)")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             sampling=sampling,
             seed=args.seed,
+            adapter=args.adapter if args.checkpoint else None,
         )
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

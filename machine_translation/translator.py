@@ -143,6 +143,7 @@ class Translator:
             ``beam_size=1``.
         seed: Seed of the sampling generator, for reproducible samples; None
             draws a fresh one.
+        adapter: LoRA adapters to merge into ``checkpoint`` (their base).
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -159,6 +160,7 @@ class Translator:
         batch_size: int = 64,
         sampling: Sampling | None = None,
         seed: int | None = None,
+        adapter: str | Path | None = None,
     ) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(
@@ -169,7 +171,9 @@ class Translator:
             raise ValueError(f"sampling needs beam_size=1, got beam_size={beam_size}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        model, self.tokenizer, _ = load_translation_model(checkpoint, self.device)
+        model, self.tokenizer, _ = load_translation_model(
+            checkpoint, self.device, adapter
+        )
         self.model = for_inference(model, self.precision)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size = batch_size

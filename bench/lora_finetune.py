@@ -1,0 +1,221 @@
+"""Fine-tuning cost: every weight vs LoRA adapters, on a trained default-size model.
+
+    python bench/lora_finetune.py --base runs/en-fr/<run>/checkpoints/best.pt \\
+        [--steps 12] [--rounds 2] [--precision auto]
+
+From a trained checkpoint, on real ~4k-token batches of the Tatoeba training split
+(the corpus of ``+experiment=lora_tatoeba``) in the base's tokenizer, through the
+real training step (``Trainer._optimizer_step``: fused loss, AdamW, clipping):
+
+- ``full``: every weight trains (``finetune.method=full``);
+- ``lora-qv``: LoRA r=8, alpha 16 on the attention's q and v (``conf/lora``);
+- ``lora-all``: LoRA r=8 on every linear layer (q k v o up down).
+
+Reported per method: trainable parameters; the bytes of ``best.pt`` and ``last.pt``
+as the Trainer writes them; training tokens/s (the methods alternate over the same
+batches in one process, so their ratios are measured under the same machine load);
+the peak memory of a process that trains with that method alone (CPU: peak resident
+set size while training, the corpus in memory included; CUDA: the allocator's peak).
+Then inference: greedy decoding speed of the base, of the ``lora-all`` model with
+its adapters unmerged, and merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from train_throughput import (  # noqa: E402
+    _synchronize,
+    peak_memory_mib,
+    reset_peak_memory,
+    timed_steps,
+)
+
+from encoder_transformer.lora import LoRAConfig, merge_lora  # noqa: E402
+from machine_translation.checkpoint import load_checkpoint  # noqa: E402
+from machine_translation.config import (  # noqa: E402
+    OptimConfig,
+    ScheduleConfig,
+    TrainerConfig,
+)
+from machine_translation.data import CorpusSpec  # noqa: E402
+from machine_translation.finetune import FineTuning  # noqa: E402
+from machine_translation.runtime import resolve_device, resolve_precision  # noqa: E402
+from machine_translation.tokenizer import BPETokenizer  # noqa: E402
+from machine_translation.train import load_corpora  # noqa: E402
+from machine_translation.training import Trainer  # noqa: E402
+from machine_translation.translation_task import encode_corpus  # noqa: E402
+from machine_translation.translator import translate_token_ids  # noqa: E402
+
+TATOEBA = CorpusSpec(kind="tsv", path="data/tatoeba/eng-fra.tsv.gz", split="train")
+METHODS: dict[str, LoRAConfig | None] = {
+    "full": None,
+    "lora-qv": LoRAConfig(rank=8, alpha=16.0, targets=("q", "v")),
+    "lora-all": LoRAConfig(
+        rank=8, alpha=16.0, targets=("q", "k", "v", "o", "up", "down")
+    ),
+}
+
+
+def prepare(base_path: Path):
+    """The base checkpoint, its tokenizer, and the Tatoeba pairs in its tokens."""
+    payload = load_checkpoint(base_path)
+    tokenizer = BPETokenizer.from_json(payload["tokenizer"])
+    corpus = load_corpora([TATOEBA], 9.0)
+    encoded, _ = encode_corpus(corpus, tokenizer, 64, 64)
+    return payload, tokenizer, encoded
+
+
+def build_trainer(method, base_path, payload, tokenizer, encoded, device, precision):
+    """A Trainer fine-tuning the base with ``method``, as ``train`` builds it."""
+    torch.manual_seed(0)
+    fine_tuning = FineTuning(base_path.resolve(), payload, METHODS[method])
+    model = fine_tuning.build_model()
+    task = fine_tuning.task_type(model, tokenizer, encoded, encoded, 4096, seed=1)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench_{method}_"))
+    trainer = Trainer(
+        task,
+        OptimConfig(),
+        ScheduleConfig(warmup_steps=10),
+        TrainerConfig(progress=False),
+        run_dir,
+        device,
+        precision,
+    )
+    return trainer, task
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """Trains a few steps with one method alone and prints its peak memory."""
+    device = resolve_device("auto")
+    precision = resolve_precision(args.precision, device)
+    prepared = prepare(Path(args.base))
+    trainer, task = build_trainer(
+        args.memory_child, Path(args.base), *prepared, device, precision
+    )
+    reset_peak_memory(device)
+    for batch in itertools.islice(task.batches(), 6):
+        trainer._optimizer_step([batch])
+    print(json.dumps({"peak_mib": peak_memory_mib(device)}))
+
+
+def decoding_speed(model, tokenizer, sources, device, precision) -> float:
+    """Greedy-decoded sentences per second."""
+    _synchronize(device)
+    start = time.perf_counter()
+    translate_token_ids(model, tokenizer, sources, device, precision)
+    _synchronize(device)
+    return len(sources) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="a trained checkpoint")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--decode", type=int, default=300, help="sentences decoded")
+    parser.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
+
+    device = resolve_device("auto")
+    precision = resolve_precision(args.precision, device)
+    base_path = Path(args.base)
+    payload, tokenizer, encoded = prepare(base_path)
+    trainers, batches, results = {}, None, {}
+    for method in METHODS:
+        trainers[method], task = build_trainer(
+            method, base_path, payload, tokenizer, encoded, device, precision
+        )
+        if batches is None:
+            batches = list(itertools.islice(task.batches(), args.steps + 2))
+        trainable = sum(
+            p.numel() for p in trainers[method].model.parameters() if p.requires_grad
+        )
+        results[method] = {"trainable": trainable, "seconds": 0.0, "tokens": 0}
+    for _ in range(args.rounds):  # alternate: every method sees the same load
+        for method, trainer in trainers.items():
+            results[method]["seconds"] += timed_steps(trainer, batches, device)
+            results[method]["tokens"] += sum(
+                b.source_tokens + b.target_tokens for b in batches[2:]
+            )
+    for method, trainer in trainers.items():
+        for kind, with_training_state in (("best", False), ("last", True)):
+            path = trainer.save(kind, with_training_state=with_training_state)
+            results[method][f"{kind}_bytes"] = path.stat().st_size
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--base",
+                args.base,
+                "--memory-child",
+                method,
+                "--precision",
+                args.precision,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        results[method].update(json.loads(child.stdout.strip().splitlines()[-1]))
+
+    # Inference: the base, lora-all's adapters (trained above, so B ≠ 0), merged.
+    adapted = trainers["lora-all"].model.eval()
+    merged = copy.deepcopy(adapted)
+    merge_lora(merged)
+    models = {
+        "base (full)": trainers["full"].model.eval(),  # the base's plain layers
+        "lora-all unmerged": adapted,
+        "lora-all merged": merged,
+    }
+    sources = encoded.source_ids[: args.decode]
+    speeds = {name: 0.0 for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            speeds[name] += (
+                decoding_speed(model, tokenizer, sources, device, precision)
+                / args.rounds
+            )
+
+    full = results["full"]
+    full_speed = full["tokens"] / full["seconds"]
+    print(f"device: {device}, threads: {torch.get_num_threads()}, {precision}")
+    print(f"base: {base_path}, {full['trainable']:,} parameters")
+    print(
+        "| method | trainable parameters | best.pt | last.pt | training tokens/s "
+        "| vs full | peak memory |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for method, r in results.items():
+        speed = r["tokens"] / r["seconds"]
+        share = r["trainable"] / full["trainable"]
+        print(
+            f"| {method} | {r['trainable']:,} ({share:.2%})"
+            f" | {r['best_bytes'] / 1e3:,.0f} KB | {r['last_bytes'] / 1e3:,.0f} KB"
+            f" | {speed:,.0f} | {speed / full_speed:.2f}x | {r['peak_mib']:,.0f} MiB |"
+        )
+    print(f"greedy decoding, {len(sources)} Tatoeba sentences, batch 64:")
+    for name, speed in speeds.items():
+        print(f"  {name}: {speed:.1f} sentences/s")
+
+
+if __name__ == "__main__":
+    main()
