@@ -48,15 +48,15 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
             end = min(start + CHUNK_ROWS, rows)
             chunk, exps = logits[start:end], block[: end - start]
             labels_here, weight = safe_labels[start:end], weights[start:end]
-            target = chunk.gather(1, labels_here).to(compute_dtype)
-            loss = -(1 - epsilon) * target
-            if epsilon:
-                loss -= epsilon * chunk.mean(dim=-1, keepdim=True, dtype=compute_dtype)
-            # log Σ exp z = m + log Σ exp(z - m), with m the row maximum (no overflow).
+            # Shifted by the row maximum m, so that exp cannot overflow; m cancels in
+            # the loss: lse - (1 - ε)·z_y - ε·mean(z) with lse = m + log Σ exp(z - m).
             maximum = chunk.amax(dim=-1, keepdim=True).to(compute_dtype)
-            torch.sub(chunk, maximum, out=exps).exp_()
-            total = exps.sum(dim=-1, keepdim=True)
-            per_token[start:end] = (loss + maximum + total.log()).squeeze(1)
+            shifted = torch.sub(chunk, maximum, out=exps)
+            loss = -(1 - epsilon) * shifted.gather(1, labels_here)
+            if epsilon:
+                loss -= epsilon * shifted.mean(dim=-1, keepdim=True)
+            total = exps.exp_().sum(dim=-1, keepdim=True)
+            per_token[start:end] = (loss + total.log()).squeeze(1)
             if gradient is not None:
                 # softmax - (1 - ε)·onehot(y) - ε/V, times 0 on PAD rows
                 exps.mul_(weight / total)
