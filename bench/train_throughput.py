@@ -1,16 +1,20 @@
-"""Training throughput of the default translation model: fp32 vs bf16, memory, MFU.
+"""Training throughput of the default model against Hugging Face's MarianMT.
 
-    python bench/train_throughput.py [--model small] [--steps 12] [--rounds 2]
+    python bench/train_throughput.py [--model small] [--steps 10] [--rounds 3]
 
 Real batches: the shipped training data (Multi30K + Tatoeba), the joint 8k BPE and
 ~4k-token batches, through the real training step (``Trainer._optimizer_step``: fused
-label-smoothed loss, AdamW, clipping). The two precisions alternate over the same
-batches in one process, so their ratio is measured under the same machine load.
+label-smoothed loss, AdamW, clipping). When ``transformers`` is installed, a MarianMT
+of the same size (``marian_reference.py``) trains on the same batches in the same
+process as a transformers user would. Every system and precision (fp32, bf16 autocast)
+has its own model and optimizer; they take turns, a round of ``--steps`` steps each,
+so that all see the same machine load; the figures are medians over the rounds and the
+ratios medians of per-round ratios.
 
 Reported: source+target tokens/s (real tokens, padding excluded); peak memory of a
-process that trains in one precision only (on a CPU the peak resident set size
-while training, the corpus in memory included but not the BPE training before it;
-on CUDA the allocator's peak); model FLOPs utilisation (MFU): the model's training
+process that trains one system in one precision only (on a CPU the peak resident set
+size while training, the corpus in memory included but not the BPE training before
+it; on CUDA the allocator's peak); model FLOPs utilisation (MFU): the model's training
 FLOPs per second over this machine's bf16 matrix-product peak, measured at the start
 of the same run.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from marian_reference import MarianTrainer, build_marian, transformers_available  # noqa: E402
 
 from machine_translation.config import (  # noqa: E402
     OptimConfig,
@@ -120,18 +127,43 @@ def build_trainer(tokenizer, encoded, config, device, precision, run_dir):
     return trainer, task
 
 
-def peak_memory_child(model_name: str, precision: str, steps: int) -> None:
-    """Trains ``steps`` steps in one precision and prints its peak memory in MiB."""
+def build_systems(tokenizer, encoded, config, device, names, precisions):
+    """``{(system, precision): step function}``, each with its own model and AdamW."""
+    steps = {}
+    for name in names:
+        for precision in precisions:
+            if name == "ours":
+                trainer, _ = build_trainer(
+                    tokenizer, encoded, config, device, precision, Path("/tmp/bench")
+                )
+                steps[name, precision] = lambda batch, t=trainer: t._optimizer_step(
+                    [batch]
+                )
+            else:
+                torch.manual_seed(0)
+                model = build_marian(config, tokenizer.bos_id, tokenizer.eos_id)
+                trainer = MarianTrainer(model, device, precision, OptimConfig())
+                steps[name, precision] = trainer.step
+    return steps
+
+
+def fixed_batches(tokenizer, encoded, count: int) -> list:
+    """The first ``count`` training batches of the default sampler (seed 1)."""
+    task = TranslationTask(None, tokenizer, encoded, encoded, 4096, seed=1)
+    return list(itertools.islice(task.batches(), count))
+
+
+def peak_memory_child(model_name: str, system: str, precision: str, steps: int):
+    """Trains ``steps`` steps of one system in one precision; prints peak MiB."""
     device = resolve_device("auto")
     tokenizer, encoded, config = prepare(model_name, device)
-    trainer, task = build_trainer(
-        tokenizer, encoded, config, device, precision, Path("/tmp/bench_run")
-    )
+    batches = fixed_batches(tokenizer, encoded, steps)
+    step = build_systems(tokenizer, encoded, config, device, [system], [precision])
     # Data preparation (BPE training) peaks higher than training: reset the peak
     # so that only training counts.
     reset_peak_memory(device)
-    for batch in itertools.islice(task.batches(), steps):
-        trainer._optimizer_step([batch])
+    for batch in batches:
+        step[system, precision](batch)
     print(json.dumps({"peak_mib": peak_memory_mib(device)}))
 
 
@@ -154,78 +186,119 @@ def peak_memory_mib(device: torch.device) -> float:
     )
 
 
+def measure_peak_memory(model_name: str, system: str, precision: str) -> float:
+    """Peak memory of a fresh process that trains only this system and precision."""
+    command = [sys.executable, __file__, "--model", model_name]
+    child = subprocess.run(
+        [*command, "--memory-child", f"{system}:{precision}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--memory-child", choices=["fp32", "bf16"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-marian", action="store_true", help="ours only")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.model, args.memory_child, 6)
+        system, precision = args.memory_child.split(":")
+        peak_memory_child(args.model, system, precision, 6)
         return
 
+    names = ["ours"]
+    if args.no_marian:
+        pass
+    elif transformers_available():
+        names.append("marian")
+    else:
+        print("transformers is not installed: MarianMT is skipped", file=sys.stderr)
+    precisions = ["fp32", "bf16"]
     device = resolve_device("auto")
     peak_bf16 = matmul_peak(device, torch.bfloat16)
     peak_fp32 = matmul_peak(device, torch.float32)
     tokenizer, encoded, config = prepare(args.model, device)
-    batches = None
-    results = {}
-    trainers = {}
-    for precision in ("fp32", "bf16"):
-        trainers[precision], task = build_trainer(
-            tokenizer, encoded, config, device, precision, Path("/tmp/bench_run")
+    steps = build_systems(tokenizer, encoded, config, device, names, precisions)
+    batches = fixed_batches(tokenizer, encoded, args.steps + 2)
+    timed = batches[2:]
+    tokens = sum(b.source_tokens + b.target_tokens for b in timed)
+    flops = sum(
+        training_flops(
+            config, b.source_mask.sum(1).tolist(), b.target_mask.sum(1).tolist()
         )
-        if batches is None:
-            batches = list(itertools.islice(task.batches(), args.steps + 2))
-        results[precision] = {"seconds": 0.0, "tokens": 0, "flops": 0.0}
-    for _ in range(args.rounds):  # alternate: both see the same load
-        for precision, trainer in trainers.items():
-            results[precision]["seconds"] += timed_steps(trainer, batches, device)
-            for batch in batches[2:]:
-                tokens = batch.source_tokens + batch.target_tokens
-                results[precision]["tokens"] += tokens
-                results[precision]["flops"] += training_flops(
-                    config,
-                    batch.source_mask.sum(1).tolist(),
-                    batch.target_mask.sum(1).tolist(),
-                )
-    for precision in results:
-        child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--model",
-                args.model,
-                "--memory-child",
-                precision,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        )
-        results[precision].update(json.loads(child.stdout.strip().splitlines()[-1]))
+        for b in timed
+    )
+    seconds = {key: [] for key in steps}
+    order = list(steps)
+    for round_index in range(args.rounds):
+        # Systems take turns on the same batches, so that all see the same machine
+        # load; every other round in reverse order, so that none always goes first.
+        for key in order if round_index % 2 == 0 else order[::-1]:
+            for batch in batches[:2]:  # warm-up
+                steps[key](batch)
+            _synchronize(device)
+            start = time.perf_counter()
+            for batch in timed:
+                steps[key](batch)
+            _synchronize(device)
+            seconds[key].append(time.perf_counter() - start)
+    memory = {}
+    if not args.no_memory:
+        memory = {key: measure_peak_memory(args.model, *key) for key in steps}
+    report(device, args, config, peak_bf16, peak_fp32, tokens, flops, seconds, memory)
 
-    print(f"device: {device}, threads: {torch.get_num_threads()}, model: {args.model}")
+
+def report(device, args, config, peak_bf16, peak_fp32, tokens, flops, seconds, memory):
+    """Prints medians over rounds: tokens/s, TFLOP/s, MFU, memory, ratios."""
+    print(
+        f"device: {device}, threads: {torch.get_num_threads()}, model: {args.model} "
+        f"({config.d_model}d, {config.n_heads} heads, FFN {config.d_ff}, "
+        f"{config.encoder_layers}+{config.decoder_layers} layers, "
+        f"vocab {config.vocab_size}); {args.rounds} rounds of {args.steps} steps, "
+        f"{tokens:,} source+target tokens per round"
+    )
     print(
         f"matmul peak: bf16 {peak_bf16 / 1e12:.2f} TFLOP/s, "
         f"fp32 {peak_fp32 / 1e12:.2f} TFLOP/s"
     )
-    for precision, r in results.items():
-        tokens_per_second = r["tokens"] / r["seconds"]
-        achieved = r["flops"] / r["seconds"]
+    speed = {key: [tokens / s for s in times] for key, times in seconds.items()}
+    for (system, precision), rates in speed.items():
+        median = statistics.median(rates)
+        achieved = median * flops / tokens
+        peak = memory.get((system, precision))
         print(
-            f"{precision}: {tokens_per_second:,.0f} source+target tokens/s, "
+            f"{system:>6} {precision}: {median:,.0f} source+target tokens/s "
+            f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)}), "
             f"{achieved / 1e12:.3f} TFLOP/s, MFU {achieved / peak_bf16:.1%} of the "
-            f"bf16 peak, peak memory {r['peak_mib']:,.0f} MiB"
+            "bf16 peak" + ("" if peak is None else f", peak memory {peak:,.0f} MiB")
         )
-    speedup = (results["bf16"]["tokens"] / results["bf16"]["seconds"]) / (
-        results["fp32"]["tokens"] / results["fp32"]["seconds"]
-    )
-    print(f"bf16 / fp32 speed: {speedup:.2f}x")
+    for system in dict.fromkeys(system for system, _ in speed):
+        ratios = [
+            bf16 / fp32
+            for bf16, fp32 in zip(
+                speed[system, "bf16"], speed[system, "fp32"], strict=True
+            )
+        ]
+        print(f"{system} bf16 / fp32: {statistics.median(ratios):.2f}x")
+    if ("marian", "fp32") in speed:
+        for precision in ("fp32", "bf16"):
+            ratios = [
+                ours / marian
+                for ours, marian in zip(
+                    speed["ours", precision], speed["marian", precision], strict=True
+                )
+            ]
+            print(
+                f"ours / MarianMT, {precision}: {statistics.median(ratios):.2f}x "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
 
 
 def timed_steps(trainer: Trainer, batches: list, device: torch.device) -> float:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from encoder_transformer.dropout import Dropout
 from encoder_transformer.positional import RotaryEmbedding
 
 
@@ -254,7 +255,7 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.value = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.output = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def split_heads(self, states: Tensor, n_heads: int) -> Tensor:
         """``(b, s, n_heads·d_h)`` → ``(b, n_heads, s, d_h)``."""

@@ -14,6 +14,7 @@ import math
 from torch import Tensor, nn
 
 from encoder_transformer.config import TransformerConfig
+from encoder_transformer.dropout import Dropout
 from encoder_transformer.positional import build_additive_positions
 
 
@@ -47,7 +48,7 @@ class TransformerEmbedding(nn.Module):
         self.positions = build_additive_positions(
             config.positions, config.d_model, config.max_positions
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, token_ids: Tensor, offset: int = 0) -> Tensor:
         """Embeds ``(b, s)`` ids whose first token is at position ``offset``."""

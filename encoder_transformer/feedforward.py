@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encoder_transformer.config import TransformerConfig
+from encoder_transformer.dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -43,8 +44,8 @@ class FeedForward(nn.Module):
         self.expand = nn.Linear(d_model, d_ff, bias=bias)
         self.contract = nn.Linear(d_ff, d_model, bias=bias)
         hidden_dropout = dropout if activation_dropout is None else activation_dropout
-        self.hidden_dropout = nn.Dropout(hidden_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.hidden_dropout = Dropout(hidden_dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         hidden = self.hidden_dropout(self.activation(self.expand(hidden_states)))
@@ -69,8 +70,8 @@ class SwiGLU(nn.Module):
         self.gate_and_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
         hidden_dropout = dropout if activation_dropout is None else activation_dropout
-        self.hidden_dropout = nn.Dropout(hidden_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.hidden_dropout = Dropout(hidden_dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         gate, up = self.gate_and_up(hidden_states).split(self.d_ff, dim=-1)
