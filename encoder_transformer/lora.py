@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from encoder_transformer.attention import MultiHeadAttention
 from encoder_transformer.config import reject_unknown_keys
 from encoder_transformer.feedforward import FeedForward, SwiGLU
+from encoder_transformer.latent_attention import MultiHeadLatentAttention
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 PLACES = ("encoder", "decoder", "both")
@@ -80,6 +81,14 @@ PROJECTIONS: dict[type[nn.Module], dict[str, Projection]] = {
         "q": Projection("query"),
         "k": Projection("key"),
         "v": Projection("value"),
+        "o": Projection("output"),
+    },
+    # MLA: k and v are the up-projections from the latent (the rotary key, part of
+    # kv_down, is not adapted); q is the query's up-projection when it is compressed.
+    MultiHeadLatentAttention: {
+        "q": Projection("query"),
+        "k": Projection("key_up"),
+        "v": Projection("value_up"),
         "o": Projection("output"),
     },
     FeedForward: {"up": Projection("expand"), "down": Projection("contract")},
@@ -223,6 +232,12 @@ class LoRALinear(nn.Module):
         """``(alpha / rank) · B A``, ``(d_out, d_in)``: what merging adds to W."""
         return self.scale * (self.update_matrix() @ self.lora_A)
 
+    @property
+    def weight(self) -> Tensor:
+        """``W + (alpha / rank) · B A``, ``(d_out, d_in)``: the effective weight, for
+        code that multiplies by a layer's matrix itself (MLA's absorbed decoding)."""
+        return self.base.weight + self.delta_weight().to(self.base.weight.dtype)
+
     def forward(self, inputs: Tensor) -> Tensor:
         """``(..., d_in)`` → ``(..., d_out)``."""
         # Two thin products, (..., d_in) → (..., n·r) → (..., d_out), never the full
@@ -272,6 +287,8 @@ def _regions(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
 def _projections(module: nn.Module) -> dict[str, Projection]:
     for kind, table in PROJECTIONS.items():
         if isinstance(module, kind):
+            if isinstance(getattr(module, "query", None), nn.Sequential):
+                return {**table, "q": Projection("query.up")}  # compressed queries
             return table
     return {}
 
@@ -303,11 +320,13 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
                 if target not in table:
                     continue
                 projection = table[target]
-                layer = getattr(module, projection.attribute)
+                layer = module.get_submodule(projection.attribute)
                 size = layer.out_features // projection.parts
                 start = projection.part * size
                 full_name = f"{prefix}{name}.{projection.attribute}".lstrip(".")
-                entry = plan.setdefault(full_name, (module, projection.attribute, []))
+                owner, _, attribute = projection.attribute.rpartition(".")
+                parent = module.get_submodule(owner) if owner else module
+                entry = plan.setdefault(full_name, (parent, attribute, []))
                 entry[2].append((start, start + size))
                 matched.add(target)
     missing = [target for target in config.targets if target not in matched]

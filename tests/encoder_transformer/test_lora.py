@@ -191,3 +191,36 @@ def test_adapting_twice_is_refused(tiny_config):
     add_lora(model, LoRAConfig())
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         add_lora(model, LoRAConfig(targets=("k",)))
+
+
+@pytest.mark.parametrize("q_latent_dim", [None, 8], ids=["mla", "mla-compressed-q"])
+def test_lora_on_latent_attention_adapts_it_and_its_absorbed_decoding(
+    tiny_config, q_latent_dim
+):
+    config = tiny_config(
+        attention="latent",
+        kv_latent_dim=16,
+        q_latent_dim=q_latent_dim,
+        positions="rope",
+    )
+    model = GPT(config).eval()
+    tokens = torch.randint(3, config.vocab_size, (2, 9))
+    before = model(tokens)
+    names = add_lora(model, LoRAConfig(rank=2, targets=("q", "k", "v", "o")))
+    expected_q = "query.up" if q_latent_dim else "query"
+    assert sum(name.endswith(f"self_attention.{expected_q}") for name in names) == 2
+    assert sum(name.endswith("self_attention.key_up") for name in names) == 2
+    assert torch.equal(model(tokens), before)
+    randomize_adapters(model)
+    adapted = model(tokens)
+    assert not torch.allclose(adapted, before)
+    # One token at a time, MLA multiplies by key_up and value_up itself (absorbed):
+    # the unmerged adapters must count there too.
+    cache = model.new_cache()
+    with torch.no_grad():
+        stepped = torch.cat(
+            [model.step(tokens[:, i : i + 1], cache) for i in range(9)], 1
+        )
+    torch.testing.assert_close(stepped, adapted, atol=1e-4, rtol=1e-4)
+    merge_lora(model)
+    torch.testing.assert_close(model(tokens), adapted, atol=1e-5, rtol=1e-5)
