@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from encoder_transformer.attention import attend, merge_heads
+from encoder_transformer.dropout import Dropout
 from encoder_transformer.positional import RotaryEmbedding
 
 
@@ -129,7 +130,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.key_up = nn.Linear(kv_latent_dim, n_heads * self.head_dim, bias=False)
         self.value_up = nn.Linear(kv_latent_dim, n_heads * self.head_dim, bias=False)
         self.output = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project_queries(self, hidden_states: Tensor, offset: int) -> Tensor:
         """Queries of ``(b, s_q, d)`` states at positions ``offset ..``.

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from encoder_transformer.attention import MultiHeadAttention
 from encoder_transformer.config import reject_unknown_keys
+from encoder_transformer.dropout import Dropout
 from encoder_transformer.feedforward import FeedForward, SwiGLU
 from encoder_transformer.latent_attention import MultiHeadLatentAttention
 
@@ -210,7 +211,7 @@ class LoRALinear(nn.Module):
         )
         self.lora_B = nn.Parameter(torch.zeros(rows, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)  # the cheaper CPU mask of dropout.py
 
     def update_matrix(self) -> Tensor:
         """``B`` placed on the base's output rows: ``(d_out, n·r)``, zero elsewhere.
