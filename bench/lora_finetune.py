@@ -1,23 +1,26 @@
 """Fine-tuning cost: every weight vs LoRA adapters, on a trained default-size model.
 
     python bench/lora_finetune.py --base runs/en-fr/<run>/checkpoints/best.pt \\
-        [--steps 12] [--rounds 2] [--precision auto]
+        [--steps 12] [--rounds 2] [--precision auto] [--lora-dropout 0.05]
 
 From a trained checkpoint, on real ~4k-token batches of the Tatoeba training split
 (the corpus of ``+experiment=lora_tatoeba``) in the base's tokenizer, through the
 real training step (``Trainer._optimizer_step``: fused loss, AdamW, clipping):
 
 - ``full``: every weight trains (``finetune.method=full``);
-- ``lora-qv``: LoRA r=8, alpha 16 on the attention's q and v (``conf/lora``);
-- ``lora-all``: LoRA r=8 on every linear layer (q k v o up down).
+- ``lora-qv``: LoRA on the attention's q and v, as ``conf/lora`` sets it (r=8,
+  alpha 16, dropout 0.05 on the adapters' input; ``--lora-dropout`` overrides it);
+- ``lora-all``: the same adapters on every linear layer (q k v o up down).
 
 Reported per method: trainable parameters; the bytes of ``best.pt`` and ``last.pt``
 as the Trainer writes them; training tokens/s (the methods alternate over the same
 batches in one process, so their ratios are measured under the same machine load);
 the peak memory of a process that trains with that method alone (CPU: peak resident
 set size while training, the corpus in memory included; CUDA: the allocator's peak).
-Then inference: greedy decoding speed of the base, of the ``lora-all`` model with
-its adapters unmerged, and merged.
+Then inference, for the model without adapters, ``lora-all`` with its adapters
+unmerged, and merged: greedy decoding speed (generated target tokens/s, since the
+models' outputs differ in length), and teacher-forced scoring of the same batches
+(identical shapes for every model: the clean measure of what merging costs).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import copy
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,7 +58,7 @@ from machine_translation.config import (  # noqa: E402
 )
 from machine_translation.data import CorpusSpec  # noqa: E402
 from machine_translation.finetune import FineTuning  # noqa: E402
-from machine_translation.runtime import resolve_device, resolve_precision  # noqa: E402
+from machine_translation.runtime import autocast, resolve_device, resolve_precision  # noqa: E402
 from machine_translation.tokenizer import BPETokenizer  # noqa: E402
 from machine_translation.train import load_corpora  # noqa: E402
 from machine_translation.training import Trainer  # noqa: E402
@@ -61,13 +66,22 @@ from machine_translation.translation_task import encode_corpus  # noqa: E402
 from machine_translation.translator import translate_token_ids  # noqa: E402
 
 TATOEBA = CorpusSpec(kind="tsv", path="data/tatoeba/eng-fra.tsv.gz", split="train")
-METHODS: dict[str, LoRAConfig | None] = {
-    "full": None,
-    "lora-qv": LoRAConfig(rank=8, alpha=16.0, targets=("q", "v")),
-    "lora-all": LoRAConfig(
-        rank=8, alpha=16.0, targets=("q", "k", "v", "o", "up", "down")
-    ),
-}
+LORA_DEFAULTS = OmegaConf.load(ROOT / "conf" / "lora" / "default.yaml")
+METHODS = ("full", "lora-qv", "lora-all")
+
+
+def lora_config(method: str, dropout: float) -> LoRAConfig | None:
+    """The adapters of ``method`` (None: full fine-tuning), rank and alpha as in
+    ``conf/lora``."""
+    if method == "full":
+        return None
+    targets = ("q", "v") if method == "lora-qv" else ("q", "k", "v", "o", "up", "down")
+    return LoRAConfig(
+        rank=LORA_DEFAULTS.rank,
+        alpha=LORA_DEFAULTS.alpha,
+        dropout=dropout,
+        targets=targets,
+    )
 
 
 def prepare(base_path: Path):
@@ -79,10 +93,12 @@ def prepare(base_path: Path):
     return payload, tokenizer, encoded
 
 
-def build_trainer(method, base_path, payload, tokenizer, encoded, device, precision):
+def build_trainer(
+    method, dropout, base_path, payload, tokenizer, encoded, device, precision
+):
     """A Trainer fine-tuning the base with ``method``, as ``train`` builds it."""
     torch.manual_seed(0)
-    fine_tuning = FineTuning(base_path.resolve(), payload, METHODS[method])
+    fine_tuning = FineTuning(base_path.resolve(), payload, lora_config(method, dropout))
     model = fine_tuning.build_model()
     task = fine_tuning.task_type(model, tokenizer, encoded, encoded, 4096, seed=1)
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_{method}_"))
@@ -104,7 +120,12 @@ def memory_child(args: argparse.Namespace) -> None:
     precision = resolve_precision(args.precision, device)
     prepared = prepare(Path(args.base))
     trainer, task = build_trainer(
-        args.memory_child, Path(args.base), *prepared, device, precision
+        args.memory_child,
+        args.lora_dropout,
+        Path(args.base),
+        *prepared,
+        device,
+        precision,
     )
     reset_peak_memory(device)
     for batch in itertools.islice(task.batches(), 6):
@@ -112,13 +133,37 @@ def memory_child(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_mib": peak_memory_mib(device)}))
 
 
-def decoding_speed(model, tokenizer, sources, device, precision) -> float:
-    """Greedy-decoded sentences per second."""
+def decoding_speed(model, tokenizer, sources, device, precision) -> tuple[float, float]:
+    """Greedy decoding: (sentences/s, generated target tokens/s).
+
+    Models that differ in their weights write outputs of different lengths, so the
+    per-token rate is the one to compare between them.
+    """
     _synchronize(device)
     start = time.perf_counter()
-    translate_token_ids(model, tokenizer, sources, device, precision)
+    translations = translate_token_ids(model, tokenizer, sources, device, precision)
     _synchronize(device)
-    return len(sources) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    texts = [nbest[0].text for nbest in translations]
+    tokens = sum(len(ids) + 1 for ids in tokenizer.encode_batch(texts))  # + EOS
+    return len(sources) / seconds, tokens / seconds
+
+
+def scoring_speed(model, batches, device, precision) -> float:
+    """Teacher-forced forward passes over ``batches``: source+target tokens/s.
+
+    Every model computes on exactly the same shapes here, unlike free decoding, so
+    this is the clean test of what merging costs.
+    """
+    tokens = sum(b.source_tokens + b.target_tokens for b in batches)
+    with torch.inference_mode(), autocast(device, precision):
+        _synchronize(device)
+        start = time.perf_counter()
+        for batch in batches:
+            batch = batch.to(device)
+            model(batch.source_ids, batch.source_mask, batch.target_input)
+        _synchronize(device)
+    return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -128,6 +173,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--decode", type=int, default=300, help="sentences decoded")
+    parser.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=LORA_DEFAULTS.dropout,
+        help="dropout on the adapters' input (default: conf/lora's)",
+    )
     parser.add_argument("--memory-child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -141,7 +192,14 @@ def main() -> None:
     trainers, batches, results = {}, None, {}
     for method in METHODS:
         trainers[method], task = build_trainer(
-            method, base_path, payload, tokenizer, encoded, device, precision
+            method,
+            args.lora_dropout,
+            base_path,
+            payload,
+            tokenizer,
+            encoded,
+            device,
+            precision,
         )
         if batches is None:
             batches = list(itertools.islice(task.batches(), args.steps + 2))
@@ -169,6 +227,8 @@ def main() -> None:
                 method,
                 "--precision",
                 args.precision,
+                "--lora-dropout",
+                str(args.lora_dropout),
             ],
             capture_output=True,
             text=True,
@@ -182,22 +242,36 @@ def main() -> None:
     merged = copy.deepcopy(adapted)
     merge_lora(merged)
     models = {
-        "base (full)": trainers["full"].model.eval(),  # the base's plain layers
+        "no adapters (full)": trainers["full"].model.eval(),  # the base's plain layers
         "lora-all unmerged": adapted,
         "lora-all merged": merged,
     }
     sources = encoded.source_ids[: args.decode]
-    speeds = {name: 0.0 for name in models}
-    for _ in range(args.rounds):
+    decode_rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+    for _ in range(args.rounds + 1):  # the first round warms up and is dropped
         for name, model in models.items():
-            speeds[name] += (
+            decode_rounds[name].append(
                 decoding_speed(model, tokenizer, sources, device, precision)
-                / args.rounds
             )
+    speeds = {
+        name: statistics.median_low(rounds[1:])
+        for name, rounds in decode_rounds.items()
+    }
+    scoring_rounds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds + 1):  # here too the first round is dropped
+        for name, model in models.items():
+            scoring_rounds[name].append(
+                scoring_speed(model, batches, device, precision)
+            )
+    scoring = {name: statistics.median(r[1:]) for name, r in scoring_rounds.items()}
 
     full = results["full"]
     full_speed = full["tokens"] / full["seconds"]
     print(f"device: {device}, threads: {torch.get_num_threads()}, {precision}")
+    print(
+        f"LoRA rank {LORA_DEFAULTS.rank}, alpha {LORA_DEFAULTS.alpha},"
+        f" dropout {args.lora_dropout}"
+    )
     print(f"base: {base_path}, {full['trainable']:,} parameters")
     print(
         "| method | trainable parameters | best.pt | last.pt | training tokens/s "
@@ -212,9 +286,23 @@ def main() -> None:
             f" | {r['best_bytes'] / 1e3:,.0f} KB | {r['last_bytes'] / 1e3:,.0f} KB"
             f" | {speed:,.0f} | {speed / full_speed:.2f}x | {r['peak_mib']:,.0f} MiB |"
         )
-    print(f"greedy decoding, {len(sources)} Tatoeba sentences, batch 64:")
-    for name, speed in speeds.items():
-        print(f"  {name}: {speed:.1f} sentences/s")
+    print(
+        f"greedy decoding, {len(sources)} Tatoeba sentences, batch 64 (median round):"
+    )
+    base_rate = speeds["no adapters (full)"][1]
+    for name, (sentences, tokens) in speeds.items():
+        print(
+            f"  {name}: {sentences:.1f} sentences/s, {tokens:,.0f} target tokens/s"
+            f" ({tokens / base_rate:.2f}x no adapters)"
+        )
+    print(
+        f"teacher-forced scoring of the {len(batches)} training batches, median round:"
+    )
+    for name, rate in scoring.items():
+        print(
+            f"  {name}: {rate:,.0f} tokens/s"
+            f" ({rate / scoring['no adapters (full)']:.2f}x no adapters)"
+        )
 
 
 if __name__ == "__main__":
