@@ -166,6 +166,19 @@ def scoring_speed(model, batches, device, precision) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+def median_round(models: dict, rounds: int, measure):
+    """``measure(model)`` for every model in turn, ``rounds + 1`` times; the first
+    (warm-up) round is dropped and each model's median round kept (for tuples, the
+    round with the median first element)."""
+    measured = {name: [] for name in models}
+    for _ in range(rounds + 1):
+        for name, model in models.items():
+            measured[name].append(measure(model))
+    return {
+        name: statistics.median_low(values[1:]) for name, values in measured.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="a trained checkpoint")
@@ -247,23 +260,14 @@ def main() -> None:
         "lora-all merged": merged,
     }
     sources = encoded.source_ids[: args.decode]
-    decode_rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
-    for _ in range(args.rounds + 1):  # the first round warms up and is dropped
-        for name, model in models.items():
-            decode_rounds[name].append(
-                decoding_speed(model, tokenizer, sources, device, precision)
-            )
-    speeds = {
-        name: statistics.median_low(rounds[1:])
-        for name, rounds in decode_rounds.items()
-    }
-    scoring_rounds: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds + 1):  # here too the first round is dropped
-        for name, model in models.items():
-            scoring_rounds[name].append(
-                scoring_speed(model, batches, device, precision)
-            )
-    scoring = {name: statistics.median(r[1:]) for name, r in scoring_rounds.items()}
+    speeds = median_round(
+        models,
+        args.rounds,
+        lambda m: decoding_speed(m, tokenizer, sources, device, precision),
+    )
+    scoring = median_round(
+        models, args.rounds, lambda m: scoring_speed(m, batches, device, precision)
+    )
 
     full = results["full"]
     full_speed = full["tokens"] / full["seconds"]
