@@ -192,6 +192,9 @@ class TransformerDecoder(nn.Module):
             for _ in range(config.decoder_layers)
         )
         self.final_norm = build_final_norm(config)
+        # Inference may install an equivalent, faster product with the same tied
+        # matrix (machine_translation.prepacked); None computes it directly.
+        self.output_projection: nn.Module | None = None
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty cache for :meth:`step`, preallocated for ``capacity`` positions.
@@ -255,6 +258,8 @@ class TransformerDecoder(nn.Module):
 
     def lm_head(self, hidden_states: Tensor) -> Tensor:
         """``(b, s, d)`` → ``(b, s, v)`` with the token embedding matrix (tied)."""
+        if self.output_projection is not None:
+            return self.output_projection(hidden_states)
         return F.linear(hidden_states, self.embedding.tokens.weight)
 
     def _run_blocks(

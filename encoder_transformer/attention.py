@@ -129,6 +129,11 @@ def sdpa_backend(queries: Tensor, key_length: int) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+# Most queries at once that a decoding step attends with (e.g. the beams of one
+# sentence, folded over its source), for the written-out CPU path below.
+DECODING_STEP_MAX_QUERIES = 16
+
+
 def attend(
     queries: Tensor,
     keys: Tensor,
@@ -139,6 +144,10 @@ def attend(
     scale: float | None = None,
 ) -> Tensor:
     """``softmax(Q Kᵀ · scale) V`` on SDPA, with padding and (bottom-right) causality.
+
+    Keys and values in a wider type than the queries (a KV cache kept in fp32 for
+    bf16 decoding on a CPU, see ``decoder_transformer.cache``) make the attention run
+    in their type; the result comes back in the queries' type.
 
     Args:
         queries: ``(b, h, s_q, d_qk)``.
@@ -152,6 +161,17 @@ def attend(
     Returns:
         ``(b, h, s_q, d_v)``.
     """
+    if keys.dtype != queries.dtype:
+        attended = attend(
+            queries.to(keys.dtype),
+            keys,
+            values,
+            key_padding_mask,
+            is_causal,
+            dropout,
+            scale,
+        )
+        return attended.to(queries.dtype)
     query_length, key_length = queries.size(2), keys.size(2)
     group = queries.size(1) // keys.size(1)
     if query_length == 1 and group > 1:
@@ -160,6 +180,8 @@ def attend(
         )
     # A single new query comes after every cached key: causality is automatic.
     is_causal = is_causal and query_length > 1
+    if not is_causal and is_cpu_decoding_step(queries, dropout):
+        return attend_written_out(queries, keys, values, key_padding_mask, scale)
     # Without padding, a square causal mask is SDPA's own (fastest) case.
     builtin_causal = is_causal and key_padding_mask is None
     builtin_causal = builtin_causal and query_length == key_length
@@ -181,6 +203,59 @@ def attend(
         )
 
 
+def is_cpu_decoding_step(queries: Tensor, dropout: float) -> bool:
+    """Whether :func:`attend_written_out` is the faster way for these queries.
+
+    A decoding step attends from one query per row (or a sentence's few beams) over
+    a cache. On a CPU, SDPA's kernels are built for many queries: for such a step
+    in fp32 the flash kernel spends more on its setup than on the arithmetic, and in
+    bf16 SDPA and batched products alike copy the cached keys and values (a view of
+    a larger buffer) before multiplying. Two batched fp32 products read them where
+    they are (``bench/README.md``, "Decoding speed"), hence the fp32 cache. Inference
+    only: training keeps SDPA's fused backward pass.
+    """
+    return (
+        not torch.is_grad_enabled()
+        and queries.device.type == "cpu"
+        and queries.dtype == torch.float32
+        and queries.size(-2) <= DECODING_STEP_MAX_QUERIES
+        and dropout == 0.0
+    )
+
+
+def attend_written_out(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """``softmax(Q Kᵀ · scale) V`` as two batched products (no causal mask).
+
+    With shared key/value heads (GQA/MQA), the ``h / h_kv`` query heads of a group
+    are stacked as queries of their key/value head, so nothing is repeated.
+
+    Args:
+        queries: ``(b, h, s_q, d_qk)``.
+        keys: ``(b, h_kv, s_kv, d_qk)`` (a view of a cache is fine).
+        values: ``(b, h_kv, s_kv, d_v)``.
+        key_padding_mask: ``(b, s_kv)`` bool, True for real keys, or None.
+        scale: Factor on the scores; None means ``1/√d_qk``.
+
+    Returns:
+        ``(b, h, s_q, d_v)``.
+    """
+    batch, heads, query_length, width = queries.shape
+    scale = width**-0.5 if scale is None else scale
+    grouped = queries.reshape(batch, keys.size(1), -1, width)  # (b, h_kv, ·, d_qk)
+    scores = torch.matmul(grouped * scale, keys.transpose(-2, -1))  # (b, h_kv, ·, s_kv)
+    mask = attention_mask(key_padding_mask, 1, keys.size(-2), is_causal=False)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    attended = torch.matmul(scores.softmax(dim=-1), values)
+    return attended.view(batch, heads, query_length, -1)
+
+
 def _attend_one_query_per_group(
     queries: Tensor,
     keys: Tensor,
@@ -198,6 +273,8 @@ def _attend_one_query_per_group(
     64 and 256 cached positions; far more for MLA's single wide latent head).
     """
     batch, heads, _, width = queries.shape
+    if is_cpu_decoding_step(queries, dropout):
+        return attend_written_out(queries, keys, values, key_padding_mask, scale)
     grouped = queries.view(batch, keys.size(1), heads // keys.size(1), width)
     mask = attention_mask(key_padding_mask, 1, keys.size(2), is_causal=False)
     with sdpa_backend(queries, keys.size(2)):

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from machine_translation.prepacked import prepack_linear_layers
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → cuda, then mps, then cpu; otherwise the named device.
@@ -103,9 +105,11 @@ def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
     For translation this beats autocast: no cast per matrix product and per step,
     half the memory to read for weights and the KV cache in bf16/fp16, and each
-    step's small operations run on half-size tensors.
+    step's small operations run on half-size tensors. On a CPU, bf16 linear layers
+    are also prepacked for oneDNN (:mod:`machine_translation.prepacked`).
     """
-    return model.to(precision_dtype(precision)).eval()
+    model = model.to(precision_dtype(precision)).eval().requires_grad_(False)
+    return prepack_linear_layers(model)
 
 
 @dataclass(frozen=True)

@@ -297,27 +297,28 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
-def only_token(log_probs: Tensor, tokens: Tensor) -> Tensor:
+def allow_only_token_(log_probs: Tensor, tokens: Tensor) -> None:
     """Leaves each group's beams only ``tokens[group]`` to choose (if it is ≥ 0).
 
+    In place, and only the restricted groups' rows are touched (at the length limit
+    these are a few sentences of the batch, not the whole ``(n, k, v)`` tensor).
+
     Args:
-        log_probs: ``(n, k, v)``.
+        log_probs: ``(n, k, v)``, changed in place.
         tokens: ``(n,)`` the one allowed token per group, or -1 for no restriction.
 
-    Returns:
-        ``(n, k, v)`` with every other token of restricted groups at ``-inf``.
-
     >>> log_probs = torch.zeros(2, 1, 3)
-    >>> only_token(log_probs, torch.tensor([2, -1]))
+    >>> allow_only_token_(log_probs, torch.tensor([2, -1]))
+    >>> log_probs
     tensor([[[-inf, -inf, 0.]],
     <BLANKLINE>
             [[0., 0., 0.]]])
     """
-    allowed = (
-        torch.arange(log_probs.size(-1), device=log_probs.device) == tokens[:, None]
-    )
-    blocked = (tokens >= 0)[:, None] & ~allowed  # (n, v)
-    return log_probs.masked_fill(blocked[:, None, :], float("-inf"))
+    groups = (tokens >= 0).nonzero().squeeze(1)
+    allowed = tokens[groups]
+    kept = log_probs[groups, :, allowed]  # (g, k): the allowed token's scores
+    log_probs[groups] = float("-inf")
+    log_probs[groups, :, allowed] = kept
 
 
 @torch.inference_mode()
@@ -395,8 +396,7 @@ def beam_search(
             in_prefix = ~at_limit & (step < prefix_lengths[groups])
             required = torch.where(in_prefix, tokens[groups, step], required)
         if (required >= 0).any():
-            log_probs = only_token(log_probs.view(n, beams_now, -1), required)
-            log_probs = log_probs.flatten(0, 1)
+            allow_only_token_(log_probs.view(n, beams_now, -1), required)
         # Only a beam's 2k best tokens can be among its sentence's 2k best.
         best_log_probs, best_tokens = log_probs.topk(2 * k, dim=-1)  # (n·c, 2k)
         candidates = scores.reshape(-1, 1) + best_log_probs

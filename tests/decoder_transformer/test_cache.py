@@ -49,3 +49,28 @@ def test_cross_attention_with_cache_projects_the_source_once():
     again = attention(queries, torch.zeros_like(memory), cache=cache)
     torch.testing.assert_close(first, again)
     assert cache.length == 7
+
+
+def test_low_precision_keys_are_kept_in_fp32_on_a_cpu():
+    cache = KeyValueCache(capacity=4)
+    keys = torch.randn(2, 1, 3, 4).bfloat16()
+    stored_keys, stored_values = cache.update(keys, -keys)
+    assert stored_keys.dtype == stored_values.dtype == torch.float32
+    assert torch.equal(stored_keys, keys.float())
+    assert torch.equal(stored_values, -keys.float())
+
+
+def test_bf16_cached_steps_equal_the_full_causal_forward():
+    """A bf16 decoder attends over its fp32 cache: same result as all at once."""
+    attention = MultiHeadAttention(32, 4, 2).eval().bfloat16()
+    states = torch.randn(2, 6, 32).bfloat16()
+    cache = KeyValueCache()
+    with torch.no_grad():
+        expected = attention(states, is_causal=True)
+        steps = [
+            attention(states[:, t : t + 1], is_causal=True, cache=cache)
+            for t in range(6)
+        ]
+    actual = torch.cat(steps, dim=1)
+    assert actual.dtype == torch.bfloat16
+    torch.testing.assert_close(actual.float(), expected.float(), atol=0.03, rtol=0.03)

@@ -3,7 +3,11 @@ import math
 import pytest
 import torch
 
-from encoder_transformer.attention import MultiHeadAttention
+from encoder_transformer.attention import (
+    MultiHeadAttention,
+    attend,
+    is_cpu_decoding_step,
+)
 from encoder_transformer.positional import RotaryEmbedding
 
 D_MODEL, HEADS = 32, 4
@@ -161,3 +165,35 @@ def test_bf16_cpu_kernel_choice_matches_fp32_reference():
     torch.testing.assert_close(
         actual.float()[real], expected[real], atol=0.05, rtol=0.05
     )
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["MHA", "GQA", "MQA"])
+@pytest.mark.parametrize("query_length", [1, 5])
+def test_written_out_decoding_step_equals_sdpa(n_kv_heads, query_length):
+    """Few queries on a CPU without gradients take two products instead of SDPA."""
+    attention = MultiHeadAttention(D_MODEL, HEADS, n_kv_heads).eval()
+    queries, memory = torch.randn(3, query_length, D_MODEL), torch.randn(3, 7, D_MODEL)
+    mask = padding_mask([7, 4, 1], 7)
+    projected = attention.split_heads(attention.query(queries), HEADS)
+    keys, values = attention.project_key_values(memory)
+    assert is_cpu_decoding_step(projected.detach(), dropout=0.0) is False  # grad on
+    with torch.no_grad():
+        assert is_cpu_decoding_step(projected, dropout=0.0)
+        written_out = attend(projected, keys, values, key_padding_mask=mask)
+        actual = attention(queries, memory, key_padding_mask=mask)
+    expected = reference_attention(attention, queries, memory, mask, is_causal=False)
+    sdpa = attend(projected, keys, values, key_padding_mask=mask)  # grad on: SDPA
+    torch.testing.assert_close(written_out, sdpa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_runs_in_the_keys_wider_type():
+    """bf16 queries over an fp32 cache: computed in fp32, returned in bf16."""
+    queries = torch.randn(2, HEADS, 1, 8)
+    keys, values = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mask = padding_mask([5, 3], 5)
+    with torch.no_grad():
+        expected = attend(queries.bfloat16().float(), keys, values, mask)
+        actual = attend(queries.bfloat16(), keys, values, mask)
+    assert actual.dtype == torch.bfloat16
+    torch.testing.assert_close(actual, expected.bfloat16())
