@@ -15,8 +15,13 @@ no bf16 on CPU). They are skipped with a message when not installed
 (``pip install transformers ctranslate2``).
 
 The machine may be shared: every setting runs once per round, the rounds repeat
-``--repeats`` times in this one process, so that all systems see the same load,
-and the table gives each setting's median with all runs listed.
+``--repeats`` times, so that all systems see the same load, and the table gives
+each setting's median with all runs listed. Each system runs in its own process
+(a fresh one per round, after a warm-up): CTranslate2 brings its own OpenMP
+runtime, and the two runtimes' threads slow each other down. With CTranslate2 loaded
+in the same process our decoding ran at about 0.6 of its speed (greedy, batch 64,
+bf16: 170 against 269 sentences/s), and CTranslate2 beside PyTorch's 2-thread pool
+at about half of its own; its process therefore keeps PyTorch to one thread.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +62,7 @@ class Setting:
     search: str  # greedy | beam 5
     batch: int
     precision: str
-    translate: Callable[[list[list[int]]], list[str]]  # source ids → texts
+    translate: Callable[[list[list[int]]], list[str]] | None  # source ids → texts
     seconds: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
@@ -114,13 +121,8 @@ def hugging_face(model, tokenizer, precision, beam, batch) -> Callable:
     return translate
 
 
-def ctranslate2_reference(model, tokenizer, directory, threads, beam, batch):
-    import ctranslate2
+def ctranslate2_reference(tokenizer, translator, beam, batch) -> Callable:
     from reference_models import ct2_to_ids, ids_to_ct2
-
-    translator = ctranslate2.Translator(
-        str(directory), device="cpu", inter_threads=1, intra_threads=threads
-    )
 
     def translate(source_ids):
         longest = max(len(ids) for ids in source_ids)
@@ -165,13 +167,19 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
         if not (installed("ctranslate2") and installed("transformers")):
             print("skipping CTranslate2: pip install ctranslate2 transformers")
         else:
-            from reference_models import to_ctranslate2
+            import ctranslate2
 
-            directory = to_ctranslate2(copy.deepcopy(model), workdir / "ct2")
+            # One translator for all settings: each has its own pool of threads,
+            # and four idle pools beside the working one cost it a third of its
+            # speed.
+            translator = ctranslate2.Translator(
+                str(workdir / "ct2"),  # converted by main()
+                device="cpu",
+                inter_threads=1,
+                intra_threads=args.threads,
+            )
             for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
-                translate = ctranslate2_reference(
-                    model, tokenizer, directory, args.threads, beam, batch
-                )
+                translate = ctranslate2_reference(tokenizer, translator, beam, batch)
                 setting = Setting("ctranslate2", search, batch, "fp32", translate)
                 settings.append(setting)
     return settings
@@ -186,26 +194,72 @@ def main() -> None:
     parser.add_argument(
         "--systems", nargs="+", default=["ours", "hf", "ct2"], help="ours hf ct2"
     )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    checkpoint = Path(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
-    model, tokenizer, _ = load_translation_model(checkpoint, "cpu")
+    # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
+    # them, once started, halved its speed (greedy 101-137 against 257-279
+    # sentences/s), so its process keeps PyTorch to one thread from the start.
+    torch.set_num_threads(1 if args.worker == "ct2" else args.threads)
+    args.checkpoint = str(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
+    model, tokenizer, _ = load_translation_model(Path(args.checkpoint), "cpu")
     test_set = builtin_test_set("multi30k")
     source_ids = tokenizer.encode_batch(test_set.sources)
-    print(f"checkpoint: {checkpoint}")
+    if args.worker:
+        args.systems = [args.worker]
+        run_one_round(args, model, tokenizer, source_ids, Path(args.workdir))
+        return
+    print(f"checkpoint: {args.checkpoint}")
     print(f"torch {torch.__version__}, threads {args.threads}, {args.repeats} rounds")
+    settings: dict[tuple, Setting] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        settings = build_settings(args, model, tokenizer, Path(workdir))
-        for setting in settings:  # warm-up: first calls allocate and pick kernels
-            setting.translate(source_ids[:8])
+        if "ct2" in args.systems and installed("ctranslate2"):
+            from reference_models import to_ctranslate2
+
+            to_ctranslate2(copy.deepcopy(model), Path(workdir) / "ct2")
         for round_ in range(args.repeats):
-            for setting in settings:
-                count = len(source_ids) if setting.batch > 1 else args.batch1
-                start = time.perf_counter()
-                setting.texts = setting.translate(source_ids[:count])
-                setting.seconds.append(time.perf_counter() - start)
+            for system in args.systems:
+                for result in run_worker(args, system, Path(workdir)):
+                    key = tuple(result[k] for k in ("system", "search", "batch"))
+                    key += (result["precision"],)
+                    setting = settings.setdefault(key, Setting(*key, None))
+                    setting.seconds.append(result["seconds"])
+                    setting.texts = result["texts"]
             print(f"round {round_ + 1} of {args.repeats} done", flush=True)
-    report(settings, tokenizer, test_set.references)
+    report(list(settings.values()), tokenizer, test_set.references)
+
+
+def run_worker(args, system: str, workdir: Path) -> list[dict]:
+    """Runs one round of ``system``'s settings in a fresh process; its results."""
+    command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
+    command += ["--checkpoint", args.checkpoint, "--threads", str(args.threads)]
+    command += ["--batch1", str(args.batch1)]
+    subprocess.run(command, check=True)
+    return json.loads((workdir / f"{system}.json").read_text())
+
+
+def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
+    """The worker: warms up, times each setting once, writes ``<system>.json``."""
+    settings = build_settings(args, model, tokenizer, workdir)
+    for setting in settings:  # warm-up: first calls allocate and pick kernels
+        setting.translate(source_ids[:8])
+    results = []
+    for setting in settings:
+        count = len(source_ids) if setting.batch > 1 else args.batch1
+        start = time.perf_counter()
+        texts = setting.translate(source_ids[:count])
+        seconds = time.perf_counter() - start
+        results.append(
+            {
+                "system": setting.system,
+                "search": setting.search,
+                "batch": setting.batch,
+                "precision": setting.precision,
+                "seconds": seconds,
+                "texts": texts,
+            }
+        )
+    (workdir / f"{args.worker}.json").write_text(json.dumps(results))
 
 
 def report(settings: list[Setting], tokenizer, references) -> None:
@@ -232,9 +286,12 @@ def report(settings: list[Setting], tokenizer, references) -> None:
     for search in ("greedy", "beam 5"):
         for batch in (64, 1):
             best = max(
-                (v, p) for (system, se, b, p), v in speed.items()
-                if system == "ours" and se == search and b == batch
+                ((v, p) for (system, se, b, p), v in speed.items()
+                if system == "ours" and se == search and b == batch),
+                default=None,
             )  # fmt: skip
+            if best is None:
+                continue
             for system in ("hugging face", "ctranslate2"):
                 for (other, se, b, p), value in speed.items():
                     if (other, se, b) == (system, search, batch):
