@@ -104,9 +104,10 @@ def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """Puts ``model`` in eval mode with its weights in ``precision``, in place.
 
     For translation this beats autocast: no cast per matrix product and per step,
-    half the memory to read for weights and the KV cache in bf16/fp16, and each
-    step's small operations run on half-size tensors. On a CPU, bf16 linear layers
-    are also prepacked for oneDNN (:mod:`machine_translation.prepacked`).
+    half the memory to read for weights (and, on a GPU, the KV cache) in bf16/fp16,
+    and each step's small operations run on half-size tensors. On a CPU, bf16
+    linear layers are also prepacked for oneDNN (:mod:`machine_translation.prepacked`)
+    and the KV cache stays in fp32 (``decoder_transformer.cache.storage_dtype``).
     """
     model = model.to(precision_dtype(precision)).eval().requires_grad_(False)
     return prepack_linear_layers(model)
