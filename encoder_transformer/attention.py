@@ -173,15 +173,14 @@ def attend(
         )
         return attended.to(queries.dtype)
     query_length, key_length = queries.size(2), keys.size(2)
-    group = queries.size(1) // keys.size(1)
-    if query_length == 1 and group > 1:
-        return _attend_one_query_per_group(
-            queries, keys, values, key_padding_mask, dropout, scale
-        )
     # A single new query comes after every cached key: causality is automatic.
     is_causal = is_causal and query_length > 1
     if not is_causal and is_cpu_decoding_step(queries, dropout):
         return attend_written_out(queries, keys, values, key_padding_mask, scale)
+    if query_length == 1 and queries.size(1) > keys.size(1):
+        return _attend_one_query_per_group(
+            queries, keys, values, key_padding_mask, dropout, scale
+        )
     # Without padding, a square causal mask is SDPA's own (fastest) case.
     builtin_causal = is_causal and key_padding_mask is None
     builtin_causal = builtin_causal and query_length == key_length
@@ -273,8 +272,6 @@ def _attend_one_query_per_group(
     64 and 256 cached positions; far more for MLA's single wide latent head).
     """
     batch, heads, _, width = queries.shape
-    if is_cpu_decoding_step(queries, dropout):
-        return attend_written_out(queries, keys, values, key_padding_mask, scale)
     grouped = queries.view(batch, keys.size(1), heads // keys.size(1), width)
     mask = attention_mask(key_padding_mask, 1, keys.size(2), is_causal=False)
     with sdpa_backend(queries, keys.size(2)):
