@@ -2,6 +2,7 @@
 
     python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
         [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
+        [--preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4]
 
 Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
 ``--batch1`` of them at batch 1) with greedy search and beam 5, in fp32 and bf16,
@@ -22,6 +23,12 @@ runtime, and the two runtimes' threads slow each other down. With CTranslate2 lo
 in the same process our decoding ran at about 0.6 of its speed (greedy, batch 64,
 bf16: 170 against 269 sentences/s), and CTranslate2 beside PyTorch's 2-thread pool
 at about half of its own; its process therefore keeps PyTorch to one thread.
+
+``--preload`` loads a shared library into every system's process alike
+(``LD_PRELOAD``), e.g. a faster memory allocator than glibc's (tcmalloc, from
+Debian's ``libtcmalloc-minimal4``): each decoding step allocates and frees
+megabytes of scores, and glibc hands large blocks back to the kernel, which
+must then fault the pages in again.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -194,6 +202,7 @@ def main() -> None:
     parser.add_argument(
         "--systems", nargs="+", default=["ours", "hf", "ct2"], help="ours hf ct2"
     )
+    parser.add_argument("--preload", help="a library every process preloads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,6 +220,10 @@ def main() -> None:
         return
     print(f"checkpoint: {args.checkpoint}")
     print(f"torch {torch.__version__}, threads {args.threads}, {args.repeats} rounds")
+    if args.preload:
+        if not Path(args.preload).is_file():
+            sys.exit(f"--preload {args.preload}: no such file")
+        print(f"preloaded in every process: {args.preload}")
     settings: dict[tuple, Setting] = {}
     with tempfile.TemporaryDirectory() as workdir:
         if "ct2" in args.systems and installed("ctranslate2"):
@@ -234,7 +247,10 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
     command += ["--checkpoint", args.checkpoint, "--threads", str(args.threads)]
     command += ["--batch1", str(args.batch1)]
-    subprocess.run(command, check=True)
+    environment = dict(os.environ)
+    if args.preload:
+        environment["LD_PRELOAD"] = args.preload
+    subprocess.run(command, check=True, env=environment)
     return json.loads((workdir / f"{system}.json").read_text())
 
 

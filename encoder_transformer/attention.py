@@ -330,6 +330,9 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.output = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = Dropout(dropout)
+        # Inference may set one layer computing queries, keys and values at once (see
+        # machine_translation.prepacked): one product for self-attention, not three.
+        self.fused_projection: nn.Module | None = None
 
     def split_heads(self, states: Tensor, n_heads: int) -> Tensor:
         """``(b, s, n_heads·d_h)`` → ``(b, n_heads, s, d_h)``."""
@@ -341,6 +344,25 @@ class MultiHeadAttention(nn.Module):
         keys = self.split_heads(self.key(states), self.n_kv_heads)
         values = self.split_heads(self.value(states), self.n_kv_heads)
         return keys, values
+
+    def project_self_attention(self, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's projections of ``(b, s, d)`` states.
+
+        Returns:
+            Queries ``(b, h, s, d_h)``, keys and values ``(b, h_kv, s, d_h)``.
+        """
+        if self.fused_projection is None:
+            queries = self.split_heads(self.query(states), self.n_heads)
+            return queries, *self.project_key_values(states)
+        kv_width = self.n_kv_heads * self.head_dim
+        queries, keys, values = self.fused_projection(states).split(
+            [self.n_heads * self.head_dim, kv_width, kv_width], dim=-1
+        )
+        return (
+            self.split_heads(queries, self.n_heads),
+            self.split_heads(keys, self.n_kv_heads),
+            self.split_heads(values, self.n_kv_heads),
+        )
 
     def forward(
         self,
@@ -367,23 +389,24 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(b, s_q, d)``.
         """
-        # (b, s_q, d) -> (b, h, s_q, d_h)
-        queries = self.split_heads(self.query(query_states), self.n_heads)
         if key_value_states is None:
             offset = 0 if cache is None else cache.length
-            keys, values = self.project_key_values(query_states)
+            queries, keys, values = self.project_self_attention(query_states)
             if self.rotary is not None:
                 queries = self.rotary(queries, offset)
                 keys = self.rotary(keys, offset)
             if cache is not None:
                 keys, values = cache.update(keys, values)
-        elif cache is not None and cache.length > 0:
-            # The source does not change while decoding: reuse its keys and values.
-            keys, values = cache.read()
         else:
-            keys, values = self.project_key_values(key_value_states)
-            if cache is not None:
-                keys, values = cache.update(keys, values)
+            # (b, s_q, d) -> (b, h, s_q, d_h)
+            queries = self.split_heads(self.query(query_states), self.n_heads)
+            if cache is not None and cache.length > 0:
+                # The source does not change while decoding: reuse its keys/values.
+                keys, values = cache.read()
+            else:
+                keys, values = self.project_key_values(key_value_states)
+                if cache is not None:
+                    keys, values = cache.update(keys, values)
 
         attended = attend(
             queries,

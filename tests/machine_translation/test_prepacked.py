@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from encoder_transformer.attention import MultiHeadAttention
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.prepacked import (
     PrepackedLinear,
     can_prepack,
+    fuse_self_attention_projections,
     prepack_linear_layers,
 )
 from machine_translation.runtime import for_inference
@@ -49,8 +51,13 @@ def test_prepacked_model_translates_exactly_as_before(tiny_config, attention):
     packed = prepack_linear_layers(copy.deepcopy(model))
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     assert linears and not any(type(m) is nn.Linear for m in packed.modules())
+    fused = [
+        m for m in packed.modules() if getattr(m, "fused_projection", None) is not None
+    ]
+    self_attentions = len(model.encoder.blocks) + len(model.decoder.blocks)
+    assert len(fused) == (0 if attention else self_attentions)  # MLA: none to fuse
     assert len([m for m in packed.modules() if isinstance(m, PrepackedLinear)]) == (
-        len(linears) + 1  # and the tied output layer
+        len(linears) + 1 + len(fused)  # the tied output layer, fused projections
     )
     assert packed.state_dict().keys() >= model.state_dict().keys()
     sources = [torch.randint(3, 37, (n,)) for n in (4, 9, 6, 2, 7)]
@@ -67,6 +74,23 @@ def test_prepacked_model_translates_exactly_as_before(tiny_config, attention):
     ):
         assert [h.tokens for h in ours] == [h.tokens for h in reference]
         assert [h.score for h in ours] == [h.score for h in reference]
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_fused_self_attention_projection_equals_separate_ones(bias, n_kv_heads):
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(32, 4, n_kv_heads, bias=bias).bfloat16().eval()
+    separate = prepack_linear_layers(attention)
+    states = torch.randn(3, 5, 32).bfloat16()
+    with torch.inference_mode():
+        expected = separate.project_self_attention(states)
+        fuse_self_attention_projections(separate)
+        assert isinstance(separate.fused_projection, PrepackedLinear)
+        fused = separate.project_self_attention(states)
+    for got, want in zip(fused, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 @needs_onednn_bf16
