@@ -2,6 +2,7 @@
 
     python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
         [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
+        [--keep-freed-memory]
         [--preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4]
 
 Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
@@ -24,11 +25,12 @@ in the same process our decoding ran at about 0.6 of its speed (greedy, batch 64
 bf16: 170 against 269 sentences/s), and CTranslate2 beside PyTorch's 2-thread pool
 at about half of its own; its process therefore keeps PyTorch to one thread.
 
-``--preload`` loads a shared library into every system's process alike
-(``LD_PRELOAD``), e.g. a faster memory allocator than glibc's (tcmalloc, from
-Debian's ``libtcmalloc-minimal4``): each decoding step allocates and frees
-megabytes of scores, and glibc hands large blocks back to the kernel, which
-must then fault the pages in again.
+Each decoding step allocates and frees megabytes of scores, and glibc hands large
+blocks back to the kernel, which must then fault the pages in again. Two options
+change that in every system's process alike: ``--keep-freed-memory`` makes glibc
+keep them (``machine_translation.allocator``, what the translation commands do),
+``--preload`` loads a shared library (``LD_PRELOAD``), e.g. a faster allocator
+than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine_translation.allocator import keep_freed_memory  # noqa: E402
 from machine_translation.checkpoint import (  # noqa: E402
     find_checkpoint,
     load_translation_model,
@@ -202,10 +205,15 @@ def main() -> None:
     parser.add_argument(
         "--systems", nargs="+", default=["ours", "hf", "ct2"], help="ours hf ct2"
     )
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="glibc keeps freed blocks"
+    )
     parser.add_argument("--preload", help="a library every process preloads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory: the C library is not glibc")
     # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
     # them, once started, halved its speed (greedy 101-137 against 257-279
     # sentences/s), so its process keeps PyTorch to one thread from the start.
@@ -224,6 +232,8 @@ def main() -> None:
         if not Path(args.preload).is_file():
             sys.exit(f"--preload {args.preload}: no such file")
         print(f"preloaded in every process: {args.preload}")
+    if args.keep_freed_memory:
+        print("every process keeps freed memory (glibc's mallopt)")
     settings: dict[tuple, Setting] = {}
     with tempfile.TemporaryDirectory() as workdir:
         if "ct2" in args.systems and installed("ctranslate2"):
@@ -247,6 +257,8 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
     command += ["--checkpoint", args.checkpoint, "--threads", str(args.threads)]
     command += ["--batch1", str(args.batch1)]
+    if args.keep_freed_memory:
+        command.append("--keep-freed-memory")
     environment = dict(os.environ)
     if args.preload:
         environment["LD_PRELOAD"] = args.preload

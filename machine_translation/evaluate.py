@@ -25,6 +25,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 
+from machine_translation.allocator import keep_freed_memory
 from machine_translation.checkpoint import (
     CheckpointError,
     add_run_arguments,
@@ -224,4 +225,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from machine_translation.allocator import keep_freed_memory
 from machine_translation.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -113,4 +114,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

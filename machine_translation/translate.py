@@ -30,6 +30,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 
+from machine_translation.allocator import keep_freed_memory
 from machine_translation.checkpoint import (
     CheckpointError,
     add_run_arguments,
@@ -183,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())
