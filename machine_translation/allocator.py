@@ -11,12 +11,13 @@ microbenchmark on this project's CPU the log-softmax of 64 × 8,000 scores ran 1
 ms with its defaults and 0.23 ms with the blocks kept.
 
 Raising glibc's two thresholds keeps such blocks in the process once freed, and the
-next step reuses them without page faults: beam search at batch 64 ran about 1.15×
-as fast; greedy search, whose blocks are five times smaller, and batch 1 showed no
-change beyond this machine's noise (``bench/README.md``). The price is that the
-process keeps its peak memory until it exits, which suits a command that decodes and
-exits: the translation commands call :func:`keep_freed_memory` at start-up; the
-library never does it by itself.
+next step reuses them without page faults. Beam search at batch 64 ran 1.15× as fast
+(decoding alone) and the translate command 1.06× (start-up and input included);
+greedy search, whose blocks are five times smaller, and batch 1 showed no change
+beyond this machine's noise (``bench/README.md``). The price is that the process
+keeps its peak memory until it exits, which suits a command that decodes and exits:
+the translation commands call :func:`keep_freed_memory` at start-up; the library
+never does it by itself.
 
 Another allocator (tcmalloc, jemalloc) must be preloaded before Python starts
 (``LD_PRELOAD``); tcmalloc was faster still here, for decoding and for training
