@@ -1,0 +1,101 @@
+"""Greedy decoding with ``torch.compile``'d decoding steps against our eager path.
+
+    python bench/compiled_decoding.py
+        [--checkpoint runs/en-fr/<run>/checkpoints/best.pt] [--batch 1]
+        [--sentences 100] [--rounds 3] [--threads 2]
+
+A question for the batch-1 gap to CTranslate2 (``bench/README.md``): a decoding
+step of one sentence is ~190 small PyTorch operations, and their dispatch, not the
+arithmetic, takes most of its time. Inductor with frozen weights (it prepacks the
+linear layers itself) and a C++ wrapper (no Python between kernels) compiles the
+decoder's step, with dynamic shapes (rows leave the batch, the cache grows). Needs a
+C++ compiler. Reported: the compile time (first call, and the recompilations that
+later shapes trigger in a second call), then sentences/s of eager (the toolkit's
+``for_inference`` model) and compiled, alternating, with identical outputs checked.
+bf16 weights on Multi30K test_2016_flickr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch._inductor.config as inductor_config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from machine_translation.checkpoint import (  # noqa: E402
+    find_checkpoint,
+    load_translation_model,
+)
+from machine_translation.evaluate import builtin_test_set  # noqa: E402
+from machine_translation.runtime import for_inference  # noqa: E402
+from machine_translation.translator import translate_token_ids  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--sentences", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    checkpoint = Path(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
+    model, tokenizer, _ = load_translation_model(checkpoint, "cpu")
+    source_ids = tokenizer.encode_batch(builtin_test_set("multi30k").sources)
+    device = torch.device("cpu")
+
+    eager = for_inference(copy.deepcopy(model), "bf16")
+    # Not prepacked by us: freezing lets inductor prepack the weights its own way.
+    compiled = model.to(torch.bfloat16).eval().requires_grad_(False)
+    inductor_config.freezing = True
+    inductor_config.cpp_wrapper = True
+    compiled.decode_step = torch.compile(compiled.decode_step, dynamic=True)
+
+    def run(decoder, count: int, start: int = 0) -> tuple[float, list[str]]:
+        begin = time.perf_counter()
+        translations = translate_token_ids(
+            decoder,
+            tokenizer,
+            source_ids[start : start + count],
+            device,
+            "bf16",
+            batch_size=args.batch,
+        )
+        return time.perf_counter() - begin, [t[0].text for t in translations]
+
+    print(f"checkpoint: {checkpoint}; batch {args.batch}, threads {args.threads}")
+    first, _ = run(compiled, 3 * args.batch)
+    second, _ = run(compiled, 8 * args.batch, start=3 * args.batch)
+    print(f"compiled: first call {first:.1f} s, second call {second:.1f} s")
+    run(eager, 3 * args.batch)  # warm-up
+    speeds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for round_ in range(args.rounds):
+        outputs = {}
+        for name, decoder in (("eager", eager), ("compiled", compiled)):
+            seconds, outputs[name] = run(decoder, args.sentences)
+            speeds[name].append(args.sentences / seconds)
+        pairs = zip(outputs["eager"], outputs["compiled"], strict=True)
+        same = sum(a == b for a, b in pairs)
+        print(
+            f"round {round_ + 1}: eager {speeds['eager'][-1]:.1f}, compiled "
+            f"{speeds['compiled'][-1]:.1f} sentences/s; "
+            f"{same} of {args.sentences} outputs identical"
+        )
+    ratios = [c / e for e, c in zip(speeds["eager"], speeds["compiled"], strict=True)]
+    print(
+        f"compiled / eager: {statistics.median(ratios):.2f}x "
+        f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+
+
+if __name__ == "__main__":
+    main()
