@@ -15,7 +15,10 @@ every head's keys and values follow.
 Beam search keeps several hypotheses per sentence and, after each step, continues each
 surviving one from its parent beam; ``reorder`` gathers every cache along the batch by
 those parent indices, so each row again holds the history of the hypothesis it
-continues (and drops sentences that have finished).
+continues (and drops sentences that have finished). When only a few rows leave and
+the others keep their histories (greedy search, or the source rows of beam search),
+``compact`` moves the last kept rows into the places of the leaving ones instead
+(:class:`Compaction`), copying as many rows as left rather than all of them.
 
 The cache is for inference (``torch.no_grad``): it writes into preallocated buffers.
 
@@ -24,6 +27,8 @@ Shapes: ``b`` batch, ``h_kv`` key/value heads, ``s`` positions, ``d_h`` head_dim
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -37,6 +42,54 @@ def storage_dtype(keys: Tensor) -> torch.dtype:
     """
     low_precision = keys.dtype in (torch.bfloat16, torch.float16)
     return torch.float32 if keys.device.type == "cpu" and low_precision else keys.dtype
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """Rows leaving a batch, by moving the last kept rows into the leaving rows' places.
+
+    Gathering the kept rows (``reorder``) copies every one of them; when a few rows
+    of many leave (sentences that finished), moving just the last kept rows into the
+    places of the leaving ones copies as many rows as left. The kept rows change
+    order, which ``order`` records: compacting a tensor gives what
+    ``tensor.index_select(0, order)`` would.
+
+    Attributes:
+        order: ``(b_new,)`` the old row of each new row.
+        sources: ``(m,)`` kept rows at ``b_new`` or beyond, which move ...
+        destinations: ``(m,)`` ... into these places of leaving rows below ``b_new``.
+
+    >>> moves = Compaction.keeping(torch.tensor([True, False, True, True, False, True]))
+    >>> moves.order.tolist(), moves.sources.tolist(), moves.destinations.tolist()
+    ([0, 5, 2, 3], [5], [1])
+    """
+
+    order: Tensor
+    sources: Tensor
+    destinations: Tensor
+
+    @classmethod
+    def keeping(cls, keep: Tensor) -> Compaction:
+        """The compaction that keeps the rows where ``keep`` (``(b,)`` bool) is True."""
+        rows = int(keep.sum())
+        destinations = (~keep[:rows]).nonzero().squeeze(1)
+        sources = keep[rows:].nonzero().squeeze(1) + rows
+        order = torch.arange(rows, device=keep.device)
+        order[destinations] = sources
+        return cls(order, sources, destinations)
+
+    @property
+    def rows(self) -> int:
+        """Rows kept, ``b_new``."""
+        return self.order.size(0)
+
+    def apply_(self, tensor: Tensor) -> Tensor:
+        """Moves the rows of ``tensor`` in place; returns its first ``b_new`` (a view).
+
+        Only for tensors the caller owns: the leaving rows are overwritten.
+        """
+        tensor.index_copy_(0, self.destinations, tensor.index_select(0, self.sources))
+        return tensor[: self.rows]
 
 
 class KeyValueCache:
@@ -133,6 +186,15 @@ class KeyValueCache:
         self._keys, self._values = spare_keys, spare_values
         self._batch = rows
 
+    def compact(self, compaction: Compaction) -> None:
+        """Keeps rows ``compaction.order``, like ``reorder``, moving only the few."""
+        if self._keys is None:
+            return
+        keys, values = self.read()
+        compaction.apply_(keys)
+        compaction.apply_(values)
+        self._batch = compaction.rows
+
     def _allocate(self, keys: Tensor, values: Tensor, capacity: int) -> None:
         """New storage for ``capacity`` positions, keeping what is stored."""
         rows, heads, _, head_dim = keys.shape
@@ -203,6 +265,11 @@ class LatentCache:
         if self._entries is not None:
             self._entries = self._entries.index_select(0, indices)
 
+    def compact(self, compaction: Compaction) -> None:
+        """Keeps rows ``compaction.order``, like ``reorder``, moving only the few."""
+        if self._entries is not None:
+            self._entries = compaction.apply_(self._entries)
+
 
 class DecoderCache:
     """The caches of a decoder stack: self- and cross-attention, one per layer.
@@ -246,6 +313,16 @@ class DecoderCache:
         self.reorder_self_attention(indices)
         self.reorder_cross_attention(indices)
 
+    def compact(self, compaction: Compaction) -> None:
+        """Keeps rows ``compaction.order`` of every cache, moving only the few.
+
+        The same result as ``reorder(compaction.order)``, for rows that leave
+        (e.g. finished sentences) while the others keep their histories.
+        """
+        for cache in self.self_attention:
+            cache.compact(compaction)
+        self.compact_cross_attention(compaction)
+
     def reorder_self_attention(self, indices: Tensor) -> None:
         """Gathers the self-attention caches only (the target histories).
 
@@ -259,3 +336,8 @@ class DecoderCache:
         """Gathers the cross-attention caches only (the source keys and values)."""
         for cache in self.cross_attention or []:
             cache.reorder(indices)
+
+    def compact_cross_attention(self, compaction: Compaction) -> None:
+        """Compacts the cross-attention caches only (sentences leaving beam search)."""
+        for cache in self.cross_attention or []:
+            cache.compact(compaction)

@@ -12,7 +12,8 @@ Both run on the decoder's KV cache: the source is encoded once, cross-attention
 keys/values are computed at the first step, and each step feeds only the newest
 token. After each beam step every cache row is gathered from its parent beam
 (``cache.reorder``), and sentences that have finished leave the batch, so they stop
-costing compute.
+costing compute (``cache.compact``: the last rows still decoding move into their
+places).
 
 Shapes: ``b`` batch, ``k`` beam size, ``s_src`` source length, ``v`` vocabulary.
 """
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from decoder_transformer.cache import Compaction
 from machine_translation.model import Seq2SeqTransformer
 
 
@@ -256,14 +258,14 @@ def greedy_search(
         ended = (chosen == eos_id) | (limits[rows] <= step + 1)
         if ended.any():
             lengths[rows[ended]] = step
-            running = (~ended).nonzero().squeeze(1)
-            if running.numel() == 0:
+            compaction = Compaction.keeping(~ended)
+            if compaction.rows == 0:
                 break
-            cache.reorder(running)
-            encoder_hidden_states = encoder_hidden_states.index_select(0, running)
+            cache.compact(compaction)
+            encoder_hidden_states = compaction.apply_(encoder_hidden_states)
             if source_mask is not None:
-                source_mask = source_mask.index_select(0, running)
-            rows, chosen = rows[running], chosen[running]
+                source_mask = source_mask.index_select(0, compaction.order)
+            rows, chosen = rows[compaction.order], chosen[compaction.order]
         next_tokens = chosen.unsqueeze(1)
     return [
         generated[row, :length].tolist() for row, length in enumerate(lengths.tolist())
@@ -434,9 +436,10 @@ def beam_search(
         if not searching.any():
             break
         if not searching.all():  # sentences leave: their source rows too
-            kept = searching.nonzero().squeeze(1)
-            cache.reorder_cross_attention(kept)
-            encoder_hidden_states = encoder_hidden_states.index_select(0, kept)
+            compaction = Compaction.keeping(searching)
+            kept = compaction.order
+            cache.compact_cross_attention(compaction)
+            encoder_hidden_states = compaction.apply_(encoder_hidden_states)
             if source_mask is not None:
                 source_mask = source_mask.index_select(0, kept)
             groups, new_beams = groups[kept], new_beams[kept]

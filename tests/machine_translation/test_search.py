@@ -76,6 +76,9 @@ class TokenHistory:
     def reorder_cross_attention(self, indices):
         pass  # the source rows are passed at every step
 
+    def compact_cross_attention(self, compaction):
+        pass  # likewise
+
 
 class FullRecompute:
     """The model without a KV cache: each step reruns the decoder on all tokens."""
