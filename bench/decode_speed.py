@@ -2,7 +2,7 @@
 
     python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
         [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
-        [--keep-freed-memory]
+        [--keep-freed-memory] [--workers 2]
         [--preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4]
 
 Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
@@ -31,6 +31,11 @@ change that in every system's process alike: ``--keep-freed-memory`` makes glibc
 keep them (``machine_translation.allocator``, what the translation commands do),
 ``--preload`` loads a shared library (``LD_PRELOAD``), e.g. a faster allocator
 than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
+
+``--workers N`` decodes N batches at once, each on ``threads / N`` threads: ours
+with ``translate_token_ids(workers=N)``, CTranslate2 with ``inter_threads=N,
+intra_threads=threads / N``. Hugging Face ``generate`` has no such option and runs
+as without it.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ class Setting:
     texts: list[str] = field(default_factory=list)
 
 
-def ours(model, tokenizer, precision, beam, batch) -> Callable:
+def ours(model, tokenizer, precision, beam, batch, workers=1) -> Callable:
     model = for_inference(copy.deepcopy(model), precision)
 
     def translate(source_ids):
@@ -90,6 +95,7 @@ def ours(model, tokenizer, precision, beam, batch) -> Callable:
             precision,
             beam_size=beam,
             batch_size=batch,
+            workers=workers,
         )
         return [candidates[0].text for candidates in translations]
 
@@ -160,7 +166,7 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
         for (search, beam), batch, precision in (
             (s, b, p) for s in searches for b in (64, 1) for p in ("fp32", "bf16")
         ):
-            translate = ours(model, tokenizer, precision, beam, batch)
+            translate = ours(model, tokenizer, precision, beam, batch, args.workers)
             settings.append(Setting("ours", search, batch, precision, translate))
     if "hf" in args.systems:
         if not installed("transformers"):
@@ -186,8 +192,8 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
             translator = ctranslate2.Translator(
                 str(workdir / "ct2"),  # converted by main()
                 device="cpu",
-                inter_threads=1,
-                intra_threads=args.threads,
+                inter_threads=args.workers,
+                intra_threads=max(1, args.threads // args.workers),
             )
             for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
                 translate = ctranslate2_reference(tokenizer, translator, beam, batch)
@@ -208,6 +214,9 @@ def main() -> None:
     parser.add_argument(
         "--keep-freed-memory", action="store_true", help="glibc keeps freed blocks"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="batches decoded at once (ours, CT2)"
+    )
     parser.add_argument("--preload", help="a library every process preloads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -217,7 +226,8 @@ def main() -> None:
     # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
     # them, once started, halved its speed (greedy 101-137 against 257-279
     # sentences/s), so its process keeps PyTorch to one thread from the start.
-    torch.set_num_threads(1 if args.worker == "ct2" else args.threads)
+    threads = args.threads // args.workers if args.worker == "ours" else args.threads
+    torch.set_num_threads(1 if args.worker == "ct2" else max(1, threads))
     args.checkpoint = str(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
     model, tokenizer, _ = load_translation_model(Path(args.checkpoint), "cpu")
     test_set = builtin_test_set("multi30k")
@@ -234,6 +244,8 @@ def main() -> None:
         print(f"preloaded in every process: {args.preload}")
     if args.keep_freed_memory:
         print("every process keeps freed memory (glibc's mallopt)")
+    if args.workers > 1:
+        print(f"ours and CTranslate2 decode {args.workers} batches at once")
     settings: dict[tuple, Setting] = {}
     with tempfile.TemporaryDirectory() as workdir:
         if "ct2" in args.systems and installed("ctranslate2"):
@@ -256,7 +268,7 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     """Runs one round of ``system``'s settings in a fresh process; its results."""
     command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
     command += ["--checkpoint", args.checkpoint, "--threads", str(args.threads)]
-    command += ["--batch1", str(args.batch1)]
+    command += ["--batch1", str(args.batch1), "--workers", str(args.workers)]
     if args.keep_freed_memory:
         command.append("--keep-freed-memory")
     environment = dict(os.environ)

@@ -38,6 +38,7 @@ from machine_translation.runtime import (
     for_inference,
     resolve_device,
     resolve_precision,
+    share_cpu_threads,
 )
 from machine_translation.translator import translate_token_ids
 
@@ -123,10 +124,12 @@ def evaluate(
     beam_sizes: list[int],
     output_dir: Path | None = None,
     adapter: Path | None = None,
+    workers: int = 1,
 ) -> dict[tuple[str, int], Scores]:
     """Translates each test set with each beam size (1 = greedy) and scores it.
 
     ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
+    ``workers``: batches decoded at once (``translate_token_ids``).
 
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
@@ -139,7 +142,13 @@ def evaluate(
         source_ids = [ids[:limit] for ids in tokenizer.encode_batch(test_set.sources)]
         for beam_size in beam_sizes:
             translations = translate_token_ids(
-                model, tokenizer, source_ids, device, precision, beam_size=beam_size
+                model,
+                tokenizer,
+                source_ids,
+                device,
+                precision,
+                beam_size=beam_size,
+                workers=workers,
             )
             hypotheses = [candidates[0].text for candidates in translations]
             if output_dir is not None:
@@ -184,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 5],
         help="beam sizes to evaluate; 1 = greedy (default: 1 5)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="batches decoded at once, sharing the CPU threads (default: 1)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)
@@ -199,13 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: need at least 1")
+        share_cpu_threads(args.workers, device)
         output_dir = (
             Path(args.output_dir)
             if args.output_dir
             else (adapter or checkpoint).parent.parent / "eval"
         )
         results = evaluate(
-            checkpoint, test_sets, device, precision, args.beam, output_dir, adapter
+            checkpoint,
+            test_sets,
+            device,
+            precision,
+            args.beam,
+            output_dir,
+            adapter,
+            args.workers,
         )
     except (CheckpointError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -131,6 +131,22 @@ class Distributed:
         return self.world_size > 1
 
 
+def share_cpu_threads(workers: int, device: torch.device) -> int:
+    """Gives each of ``workers`` decoding threads its share of PyTorch's CPU threads.
+
+    PyTorch's thread count is one setting for the whole process: with ``workers``
+    batches decoded at once (``translate_token_ids``), each would otherwise start
+    that many threads of its own and the cores would be oversubscribed.
+
+    Returns:
+        The threads per worker now (PyTorch's count, unchanged off the CPU or with
+        one worker).
+    """
+    if workers > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    return torch.get_num_threads()
+
+
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Joins the process group under ``torchrun``; picks this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

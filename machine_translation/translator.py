@@ -5,12 +5,20 @@
 padding, runs greedy (beam size 1) or beam search, and puts the results back in the
 input order. :class:`Translator` adds what text input needs: loading a checkpoint,
 tokenizing, empty lines, and sources longer than the model can read.
+
+Several batches can be decoded at once, each on a thread of its own (``workers``,
+CTranslate2's ``inter_threads``). A decoding step is many small operations, and two
+cores each running a whole batch on its own waste less time waiting for each other
+than both cores sharing every small operation. PyTorch's kernels release Python's
+interpreter lock, so the threads do run in parallel; give each its share of the
+cores (``torch.set_num_threads(cores // workers)``, as the commands do).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +63,7 @@ def translate_token_ids(
     max_length_b: int = 10,
     sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
+    workers: int = 1,
 ) -> list[list[Translation]]:
     """Translations of tokenized sources, in input order; ``nbest`` per source.
 
@@ -73,12 +82,16 @@ def translate_token_ids(
         max_length_a, max_length_b: Output length limit ``a · source length + b``.
         sampling: Sample each token instead of searching (needs ``beam_size=1``).
         generator: Random generator for ``sampling``.
+        workers: Batches decoded at once, each on its own thread (the outputs are
+            the same; on a CPU, share the cores among them: see the module's
+            docstring). Sampling needs 1, so that a seed gives the same samples.
     """
     if sampling is not None and beam_size != 1:
         raise ValueError(f"sampling draws one output: use beam_size=1, not {beam_size}")
+    if workers < 1 or (sampling is not None and workers != 1):
+        raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
     model.eval()
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
-    results: list[list[Translation]] = [[] for _ in source_ids]
     settings = {
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
@@ -87,8 +100,10 @@ def translate_token_ids(
         "max_length_b": max_length_b,
         "max_length": model.config.max_positions,
     }
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+
+    @torch.no_grad()  # (grad mode and autocast are per thread: set here)
+    def decode(rows: list[int]) -> list[list[tuple[list[int], float | None]]]:
+        """Token ids (and beam scores) of the candidates of sources ``rows``."""
         batch = collate(
             [source_ids[i] for i in rows],
             [[] for _ in rows],
@@ -106,18 +121,28 @@ def translate_token_ids(
                     generator=generator,
                     **settings,
                 )
-                found = [[(tokens, None)] for tokens in outputs]
-            else:
-                hypotheses = beam_search(
-                    model,
-                    batch.source_ids,
-                    batch.source_mask,
-                    beam_size=beam_size,
-                    nbest=nbest,
-                    alpha=alpha,
-                    **settings,
-                )
-                found = [[(h.tokens, h.score) for h in row] for row in hypotheses]
+                return [[(tokens, None)] for tokens in outputs]
+            hypotheses = beam_search(
+                model,
+                batch.source_ids,
+                batch.source_mask,
+                beam_size=beam_size,
+                nbest=nbest,
+                alpha=alpha,
+                **settings,
+            )
+            return [[(h.tokens, h.score) for h in row] for row in hypotheses]
+
+    batches = [
+        order[start : start + batch_size] for start in range(0, len(order), batch_size)
+    ]
+    if workers == 1:
+        decoded = [decode(rows) for rows in batches]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = list(pool.map(decode, batches))
+    results: list[list[Translation]] = [[] for _ in source_ids]
+    for rows, found in zip(batches, decoded, strict=True):
         for row, candidates in zip(rows, found, strict=True):
             texts = tokenizer.decode_batch([tokens for tokens, _ in candidates])
             results[row] = [
@@ -144,6 +169,8 @@ class Translator:
         seed: Seed of the sampling generator, for reproducible samples; None
             draws a fresh one.
         adapter: LoRA adapters to merge into ``checkpoint`` (their base).
+        workers: Batches decoded at once, each on its own thread (on a CPU, share
+            the cores among them: ``runtime.share_cpu_threads``).
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -161,6 +188,7 @@ class Translator:
         sampling: Sampling | None = None,
         seed: int | None = None,
         adapter: str | Path | None = None,
+        workers: int = 1,
     ) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(
@@ -169,6 +197,8 @@ class Translator:
             )
         if sampling is not None and beam_size != 1:
             raise ValueError(f"sampling needs beam_size=1, got beam_size={beam_size}")
+        if workers < 1 or (sampling is not None and workers != 1):
+            raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         model, self.tokenizer, _ = load_translation_model(
@@ -176,7 +206,7 @@ class Translator:
         )
         self.model = for_inference(model, self.precision)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
-        self.batch_size = batch_size
+        self.batch_size, self.workers = batch_size, workers
         self.sampling = sampling
         self.generator = torch.Generator(self.device)
         if seed is None:
@@ -215,6 +245,7 @@ class Translator:
             batch_size=self.batch_size,
             sampling=self.sampling,
             generator=self.generator,
+            workers=self.workers,
         )
         for index, translation in zip(to_translate, translations, strict=True):
             results[index] = translation

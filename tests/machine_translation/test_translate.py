@@ -6,6 +6,7 @@ import sys
 import pytest
 from conftest import PROJECT_ROOT
 
+from machine_translation.search import Sampling
 from machine_translation.translator import Translator
 
 
@@ -108,6 +109,37 @@ def test_translator_api(checkpoint):
     assert len(results[0]) == 2 and results[1][0].text == ""
     with pytest.raises(ValueError, match="nbest"):
         Translator(checkpoint, beam_size=2, nbest=3)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_parallel_workers_give_the_same_translations_in_order(checkpoint, beam_size):
+    sentences = [
+        "A dog runs.",
+        "Two men are sitting on a bench in the park.",
+        "A woman smiles.",
+        "Children play football on a sunny beach near the sea.",
+        "A man rides a bicycle.",
+    ] * 7  # 35 sentences: 9 batches of 4, decoded two at a time
+    one = Translator(checkpoint, device="cpu", beam_size=beam_size, batch_size=4)
+    two = Translator(
+        checkpoint, device="cpu", beam_size=beam_size, batch_size=4, workers=2
+    )
+    assert two.translate(sentences) == one.translate(sentences)
+    with pytest.raises(ValueError, match="1 for sampling"):
+        Translator(checkpoint, beam_size=1, sampling=Sampling(), workers=2)
+
+
+def test_workers_option_on_stdin(checkpoint):
+    lines = ["A dog runs.", "", "Two men sit on a bench."] * 30
+    arguments = ["--checkpoint", checkpoint, "--beam", "1", "--batch-size", "8"]
+    stdin = "\n".join(lines) + "\n"
+    alone = run_translate(*arguments, stdin=stdin)
+    parallel = run_translate(*arguments, "--workers", "2", stdin=stdin)
+    assert parallel.returncode == 0, parallel.stderr
+    assert parallel.stdout == alone.stdout
+    assert len(parallel.stdout.split("\n")[:-1]) == 90
+    zero = run_translate(*arguments, "--workers", "0", "A dog.")
+    assert zero.returncode == 2 and "workers=0" in zero.stderr
 
 
 def test_sampling_is_reproducible_with_a_seed(checkpoint):
