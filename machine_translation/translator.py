@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from machine_translation.checkpoint import load_translation_model
+from machine_translation.compiled_step import CompiledStep, compiled_step_package
 from machine_translation.data import collate
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
@@ -171,9 +172,13 @@ class Translator:
         adapter: LoRA adapters to merge into ``checkpoint`` (their base).
         workers: Batches decoded at once, each on its own thread (on a CPU, share
             the cores among them: ``runtime.share_cpu_threads``).
+        compiled: Decode with the step compiled ahead of time
+            (:mod:`machine_translation.compiled_step`), kept in a ``compiled``
+            folder beside the checkpoint and built there first if missing. CPU only.
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
+        CompileError: ``compiled`` and the step could not be compiled.
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class Translator:
         seed: int | None = None,
         adapter: str | Path | None = None,
         workers: int = 1,
+        compiled: bool = False,
     ) -> None:
         if beam_size < 1 or not 1 <= nbest <= beam_size:
             raise ValueError(
@@ -201,10 +207,18 @@ class Translator:
             raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if compiled and self.device.type != "cpu":
+            raise ValueError(f"a compiled step runs on the CPU, not {self.device}")
         model, self.tokenizer, _ = load_translation_model(
             checkpoint, self.device, adapter
         )
+        package = None
+        if compiled:
+            folder = Path(adapter or checkpoint).parent / "compiled"
+            package = compiled_step_package(model, folder, self.precision)
         self.model = for_inference(model, self.precision)
+        if package is not None:
+            self.model.decode_step = CompiledStep(package, self.model.decode_step)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size, self.workers = batch_size, workers
         self.sampling = sampling
