@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+import decoder_transformer
+import encoder_transformer
 from decoder_transformer.cache import DecoderCache
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import precision_dtype
@@ -123,12 +125,19 @@ class DecodingStep(nn.Module):
 
 
 def package_path(model: Seq2SeqTransformer, directory: Path, precision: str) -> Path:
-    """Where ``model``'s compiled step is kept: named by its weights and PyTorch.
+    """Where ``model``'s compiled step is kept: named by what it was compiled from.
 
-    A package embeds the weights it was compiled with, so a retrained or averaged
-    model must not pick up another's package.
+    A package embeds the weights and the code it was compiled from, so its name is
+    a fingerprint of the weights, of the model's source code (the two lower
+    packages and this module) and of PyTorch's version: a retrained or averaged
+    model, or changed code, gets a package of its own.
     """
     digest = hashlib.sha256(torch.__version__.encode())
+    sources = [Path(__file__)]
+    for package in (encoder_transformer, decoder_transformer):
+        sources += sorted(Path(package.__file__).parent.glob("*.py"))
+    for source in sources:
+        digest.update(source.read_bytes())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(
