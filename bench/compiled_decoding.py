@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import torch._inductor.config as inductor_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from against_eager import alternate  # noqa: E402
 
 from machine_translation.checkpoint import (  # noqa: E402
     find_checkpoint,
@@ -70,31 +71,18 @@ def main() -> None:
             "bf16",
             batch_size=args.batch,
         )
-        return time.perf_counter() - begin, [t[0].text for t in translations]
+        speed = count / (time.perf_counter() - begin)
+        return speed, [t[0].text for t in translations]
 
     print(f"checkpoint: {checkpoint}; batch {args.batch}, threads {args.threads}")
-    first, _ = run(compiled, 3 * args.batch)
-    second, _ = run(compiled, 8 * args.batch, start=3 * args.batch)
+    begin = time.perf_counter()
+    run(compiled, 3 * args.batch)
+    first = time.perf_counter() - begin
+    run(compiled, 8 * args.batch, start=3 * args.batch)
+    second = time.perf_counter() - begin - first
     print(f"compiled: first call {first:.1f} s, second call {second:.1f} s")
     run(eager, 3 * args.batch)  # warm-up
-    speeds: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for round_ in range(args.rounds):
-        outputs = {}
-        for name, decoder in (("eager", eager), ("compiled", compiled)):
-            seconds, outputs[name] = run(decoder, args.sentences)
-            speeds[name].append(args.sentences / seconds)
-        pairs = zip(outputs["eager"], outputs["compiled"], strict=True)
-        same = sum(a == b for a, b in pairs)
-        print(
-            f"round {round_ + 1}: eager {speeds['eager'][-1]:.1f}, compiled "
-            f"{speeds['compiled'][-1]:.1f} sentences/s; "
-            f"{same} of {args.sentences} outputs identical"
-        )
-    ratios = [c / e for e, c in zip(speeds["eager"], speeds["compiled"], strict=True)]
-    print(
-        f"compiled / eager: {statistics.median(ratios):.2f}x "
-        f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
+    alternate(run, eager, compiled, "compiled", args.rounds, args.sentences)
 
 
 if __name__ == "__main__":

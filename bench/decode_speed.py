@@ -66,7 +66,10 @@ from machine_translation.checkpoint import (  # noqa: E402
 )
 from machine_translation.data import collate  # noqa: E402
 from machine_translation.evaluate import builtin_test_set, score  # noqa: E402
-from machine_translation.runtime import for_inference  # noqa: E402
+from machine_translation.runtime import (  # noqa: E402
+    for_inference,
+    share_cpu_threads,
+)
 from machine_translation.translator import translate_token_ids  # noqa: E402
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
@@ -226,8 +229,9 @@ def main() -> None:
     # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
     # them, once started, halved its speed (greedy 101-137 against 257-279
     # sentences/s), so its process keeps PyTorch to one thread from the start.
-    threads = args.threads // args.workers if args.worker == "ours" else args.threads
-    torch.set_num_threads(1 if args.worker == "ct2" else max(1, threads))
+    torch.set_num_threads(1 if args.worker == "ct2" else args.threads)
+    if args.worker == "ours":  # its workers share the threads
+        share_cpu_threads(args.workers, torch.device("cpu"))
     args.checkpoint = str(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
     model, tokenizer, _ = load_translation_model(Path(args.checkpoint), "cpu")
     test_set = builtin_test_set("multi30k")

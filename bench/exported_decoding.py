@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from against_eager import alternate  # noqa: E402
 
 from machine_translation.allocator import keep_freed_memory  # noqa: E402
 from machine_translation.checkpoint import (  # noqa: E402
@@ -92,24 +93,7 @@ def main() -> None:
 
         run(eager, 3 * args.batch)  # warm-up
         run(exported, 3 * args.batch)
-        speeds: dict[str, list[float]] = {"eager": [], "exported": []}
-        for round_ in range(args.rounds):
-            outputs = {}
-            for name, decoder in (("eager", eager), ("exported", exported)):
-                speed, outputs[name] = run(decoder, args.sentences)
-                speeds[name].append(speed)
-            pairs = zip(outputs["eager"], outputs["exported"], strict=True)
-            same = sum(a == b for a, b in pairs)
-            print(
-                f"round {round_ + 1}: eager {speeds['eager'][-1]:.1f}, exported "
-                f"{speeds['exported'][-1]:.1f} sentences/s; "
-                f"{same} of {args.sentences} outputs identical"
-            )
-    ratios = [e / a for a, e in zip(speeds["eager"], speeds["exported"], strict=True)]
-    print(
-        f"exported / eager: {statistics.median(ratios):.2f}x "
-        f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
+        alternate(run, eager, exported, "exported", args.rounds, args.sentences)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import decoder_transformer
 import encoder_transformer
 from decoder_transformer.cache import DecoderCache
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime import precision_dtype
+from machine_translation.runtime import for_inference, precision_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +302,28 @@ def compiled_step_package(
         ) from error
     partial.replace(path)  # whole packages only, even if interrupted
     return path
+
+
+def for_compiled_inference(
+    model: Seq2SeqTransformer, precision: str, directory: Path
+) -> Seq2SeqTransformer:
+    """``runtime.for_inference``, with ``decode_step`` run by the compiled step.
+
+    Args:
+        model: A model as loaded, on the CPU (converted in place, as by
+            ``for_inference``).
+        precision: ``bf16`` or ``fp32``.
+        directory: Where the package is kept (compiled there first if missing).
+
+    Raises:
+        ValueError: the model is not on the CPU, or not covered (see
+            :func:`check_supported`).
+        CompileError: compiling failed.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"a compiled step runs on the CPU, not {device}")
+    package = compiled_step_package(model, directory, precision)
+    model = for_inference(model, precision)
+    model.decode_step = CompiledStep(package, model.decode_step)
+    return model

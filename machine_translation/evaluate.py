@@ -32,11 +32,7 @@ from machine_translation.checkpoint import (
     checkpoint_argument,
     load_translation_model,
 )
-from machine_translation.compiled_step import (
-    CompiledStep,
-    CompileError,
-    compiled_step_package,
-)
+from machine_translation.compiled_step import CompileError, for_compiled_inference
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
 from machine_translation.runtime import (
@@ -142,16 +138,12 @@ def evaluate(
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
-    if compiled and device.type != "cpu":
-        raise ValueError(f"a compiled step runs on the CPU, not {device}")
     model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
-    package = None
     if compiled:
         folder = (adapter or checkpoint).parent / "compiled"
-        package = compiled_step_package(model, folder, precision)
-    model = for_inference(model, precision)
-    if package is not None:
-        model.decode_step = CompiledStep(package, model.decode_step)
+        model = for_compiled_inference(model, precision, folder)
+    else:
+        model = for_inference(model, precision)
     limit = model.config.max_positions
     results = {}
     for test_set in test_sets:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from machine_translation.checkpoint import load_translation_model
-from machine_translation.compiled_step import CompiledStep, compiled_step_package
+from machine_translation.compiled_step import for_compiled_inference
 from machine_translation.data import collate
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
@@ -207,18 +207,14 @@ class Translator:
             raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        if compiled and self.device.type != "cpu":
-            raise ValueError(f"a compiled step runs on the CPU, not {self.device}")
         model, self.tokenizer, _ = load_translation_model(
             checkpoint, self.device, adapter
         )
-        package = None
         if compiled:
             folder = Path(adapter or checkpoint).parent / "compiled"
-            package = compiled_step_package(model, folder, self.precision)
-        self.model = for_inference(model, self.precision)
-        if package is not None:
-            self.model.decode_step = CompiledStep(package, self.model.decode_step)
+            self.model = for_compiled_inference(model, self.precision, folder)
+        else:
+            self.model = for_inference(model, self.precision)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha
         self.batch_size, self.workers = batch_size, workers
         self.sampling = sampling
