@@ -1,7 +1,7 @@
-"""Greedy decoding with an ahead-of-time compiled decoding step against our eager path.
+"""Decoding with an ahead-of-time compiled decoding step against our eager path.
 
     python bench/exported_decoding.py
-        [--checkpoint runs/en-fr/<run>/checkpoints/best.pt] [--batch 1]
+        [--checkpoint runs/en-fr/<run>/checkpoints/best.pt] [--batch 1] [--beam 1]
         [--sentences 100] [--rounds 3] [--threads 2] [--package step.pt2]
 
 The question after ``bench/compiled_decoding.py``: ``torch.compile`` made the step
@@ -16,7 +16,8 @@ C++ compiler.
 
 Reported: the export and compile time (unless ``--package`` exists), the load time,
 then sentences/s of eager (the toolkit's ``for_inference`` model) and exported,
-alternating, and how many outputs are identical. bf16 weights on Multi30K
+alternating, and how many outputs are identical: greedy search, or beam search
+with ``--beam`` (a package is compiled per beam size). bf16 weights on Multi30K
 test_2016_flickr.
 """
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--beam", type=int, default=1, help="1 = greedy")
     parser.add_argument("--sentences", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -64,16 +66,19 @@ def main() -> None:
     checkpoint = Path(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
     model, tokenizer, _ = load_translation_model(checkpoint, "cpu")
     source_ids = tokenizer.encode_batch(builtin_test_set("multi30k").sources)
-    print(f"checkpoint: {checkpoint}; batch {args.batch}, threads {args.threads}")
+    print(
+        f"checkpoint: {checkpoint}; beam {args.beam}, batch {args.batch}, "
+        f"threads {args.threads}"
+    )
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(args.package or Path(workdir) / "step.pt2")
         if not path.exists():
             start = time.perf_counter()
-            compile_decoding_step(model, path, "bf16")
+            compile_decoding_step(model, path, "bf16", beams=args.beam)
             print(f"export and compile: {time.perf_counter() - start:.1f} s")
         exported = for_inference(copy.deepcopy(model), "bf16")
         start = time.perf_counter()
-        exported.decode_step = CompiledStep(path, exported.decode_step)
+        exported.decode_step = CompiledStep({args.beam: path}, exported.decode_step)
         print(f"package {path.stat().st_size / 2**20:.1f} MiB, loaded in "
               f"{time.perf_counter() - start:.2f} s")  # fmt: skip
         eager = for_inference(copy.deepcopy(model), "bf16")
@@ -87,6 +92,7 @@ def main() -> None:
                 torch.device("cpu"),
                 "bf16",
                 batch_size=args.batch,
+                beam_size=args.beam,
             )
             texts = [candidates[0].text for candidates in translations]
             return count / (time.perf_counter() - begin), texts

@@ -164,6 +164,28 @@ class KeyValueCache:
             self._values[: self._batch, :, : self._length],
         )
 
+    def storage(self, room: int = 0) -> tuple[Tensor, Tensor]:
+        """The stored rows' whole buffers, ``(b, h_kv, capacity, d_h)`` each (views).
+
+        Positions ``[:length]`` hold what is stored, and at least ``room`` more
+        follow (the buffers grow if needed): for code that writes the next positions
+        into the buffers itself, as a compiled decoding step does, and then counts
+        them with :meth:`advance`.
+        """
+        if self._keys is None:
+            raise RuntimeError("the cache is empty: call update() first")
+        keys, values = self._keys[: self._batch], self._values[: self._batch]
+        if self._length + room > keys.size(2):
+            self._allocate(keys, values, 2 * (self._length + room))
+            keys, values = self._keys, self._values
+        return keys, values
+
+    def advance(self, positions: int) -> None:
+        """Counts ``positions`` written into :meth:`storage` after the stored ones."""
+        if self._keys is None or self._length + positions > self._keys.size(2):
+            raise ValueError(f"no room for {positions} more positions in the cache")
+        self._length += positions
+
     def reorder(self, indices: Tensor) -> None:
         """Keeps batch rows ``indices`` (a ``(b_new,)`` long tensor), in that order."""
         if self._keys is None:
@@ -196,7 +218,10 @@ class KeyValueCache:
         self._batch = compaction.rows
 
     def _allocate(self, keys: Tensor, values: Tensor, capacity: int) -> None:
-        """New storage for ``capacity`` positions, keeping what is stored."""
+        """New storage for ``capacity`` positions, keeping what is stored.
+
+        ``keys`` and ``values`` give the rows, heads, widths and type.
+        """
         rows, heads, _, head_dim = keys.shape
         dtype = storage_dtype(keys)
         new_keys = keys.new_empty(rows, heads, capacity, head_dim, dtype=dtype)

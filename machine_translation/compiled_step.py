@@ -11,19 +11,18 @@ search 1.3× and unchanged (``bench/README.md``). The load time makes it worth i
 for long inputs and long-lived processes, not for a few sentences.
 
 The step is exported as a function of explicit tensors: the new tokens, the source
-mask and every layer's cached keys and values go in; the logits and the new
-positions' keys and values come out, and the caller appends them to its cache.
-Inside, the decoder's own modules run on a stand-in cache (:class:`GivenCache`)
-that concatenates the new keys and values to the given ones, so the compiled step
-is the model's code, not a rewrite of it.
+mask and every layer's cache buffers go in, the logits come out, and the new
+positions' keys and values are written into the buffers in place, as the eager
+cache would append them (:meth:`KeyValueCache.storage`). Inside, the decoder's own
+modules run on a stand-in cache (:class:`GivenCache`) over those buffers, so the
+compiled step is the model's code, not a rewrite of it.
 
 The package holds the weights: it belongs to one model, so its name carries a
-fingerprint of the weights and of the PyTorch version (:func:`package_path`).
-The first two steps of a search run eagerly (they compute the source's keys and
-values; the exporter also treats lengths 0 and 1 specially). Beam search keeps one
-source row for a sentence's beams; the compiled step takes one per row, so the
-source keys and values are expanded per beam first. Needs a C++ compiler to build;
-CPU only.
+fingerprint of the weights and of the code (:func:`package_path`). It is built for
+a number of hypotheses per sentence: one for greedy search, the beam size for beam
+search, whose beams of a sentence then share one row of source keys and values,
+as in the eager decoder. The first step of a search runs eagerly (it computes the
+source's keys and values). Needs a C++ compiler to build; CPU only.
 
 Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
 positions, ``d_h`` head width, ``v`` vocabulary.
@@ -35,6 +34,7 @@ import copy
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -48,36 +48,39 @@ from machine_translation.runtime import for_inference, precision_dtype
 
 logger = logging.getLogger(__name__)
 
+# Bounds the exported step is built for: the most sentences in a batch, and the
+# fewest positions a self-attention buffer may have (the exporter's own bound).
+MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3
+
 
 class GivenKeyValues:
-    """A stand-in layer cache over given keys and values; records what is appended."""
+    """A stand-in layer cache over given buffers, written in place.
 
-    def __init__(self, keys: Tensor, values: Tensor) -> None:
-        self.keys, self.values = keys, values
-        self.appended: tuple[Tensor, Tensor] | None = None
+    ``keys`` and ``values`` are ``(b, h, capacity, d_h)`` buffers whose first
+    ``length`` positions are stored; ``update`` writes the next positions into them.
+    """
 
-    @property
-    def length(self) -> int:
-        return self.keys.size(2)
+    def __init__(self, keys: Tensor, values: Tensor, length: int) -> None:
+        self.keys, self.values, self.length = keys, values, length
 
     @property
     def batch(self) -> int:
         return self.keys.size(0)
 
     def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Records the new positions; returns all of them, ``(b, h, s + 1, d_h)``."""
-        self.appended = (keys, values)
-        return (
-            torch.cat([self.keys, keys.to(self.keys.dtype)], dim=2),
-            torch.cat([self.values, values.to(self.values.dtype)], dim=2),
-        )
+        """Writes ``(b, h, s_new, d_h)`` after the stored positions; returns all."""
+        end = self.length + keys.size(2)
+        self.keys[:, :, self.length : end].copy_(keys)
+        self.values[:, :, self.length : end].copy_(values)
+        self.length = end
+        return self.read()
 
     def read(self) -> tuple[Tensor, Tensor]:
-        return self.keys, self.values
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
 class GivenCache:
-    """What the decoder reads of a :class:`DecoderCache`, over given tensors."""
+    """What the decoder reads of a :class:`DecoderCache`, over given buffers."""
 
     def __init__(
         self,
@@ -94,11 +97,22 @@ class GivenCache:
 class DecodingStep(nn.Module):
     """One decoding step as a function of tensors, for ``torch.export``.
 
-    ``forward(tokens, source_mask, caches)``: ``tokens`` ``(b, 1)``, ``source_mask``
-    ``(b, s_src)`` bool, and ``caches`` each layer's self-attention keys, then
-    values ``(b, h, s, d_h)``, then cross-attention keys, then values
-    ``(b, h, s_src, d_h)``. Returns the logits ``(b, v)``, then each layer's new
-    keys, then new values ``(b, h, 1, d_h)``.
+    Each of ``b_src`` sentences has ``g`` hypotheses in consecutive rows (``g = 1``
+    in greedy search, the beams in beam search), ``b = g · b_src`` rows in all, which
+    take one token each. Every layer's cache buffers go in, and the new keys and
+    values are written into them in place.
+
+    ``forward(tokens, source_mask, cached_positions, buffers)``:
+
+    - ``tokens`` ``(b, 1)``; ``source_mask`` ``(b_src, s_src)`` bool.
+    - ``cached_positions`` ``(s,)``: only its size is read, the number of target
+      positions in the caches (an exported program is generic over sizes, not
+      over integer arguments).
+    - ``buffers``: each layer's self-attention keys, then values
+      ``(b, h, capacity, d_h)``, with room after position ``s``, then its
+      cross-attention keys, then values ``(b_src, h, capacity_src, d_h)``.
+
+    Returns the logits ``(b, v)``.
     """
 
     def __init__(self, model: Seq2SeqTransformer) -> None:
@@ -107,30 +121,36 @@ class DecodingStep(nn.Module):
         self.layers = len(model.decoder.blocks)
 
     def forward(
-        self, tokens: Tensor, source_mask: Tensor, caches: tuple[Tensor, ...]
-    ) -> tuple[Tensor, ...]:
-        n = self.layers
-        own = [GivenKeyValues(caches[i], caches[n + i]) for i in range(n)]
+        self,
+        tokens: Tensor,
+        source_mask: Tensor,
+        cached_positions: Tensor,
+        buffers: tuple[Tensor, ...],
+    ) -> Tensor:
+        n, length = self.layers, cached_positions.size(0)
+        own = [GivenKeyValues(buffers[i], buffers[n + i], length) for i in range(n)]
         source = [
-            GivenKeyValues(caches[2 * n + i], caches[3 * n + i]) for i in range(n)
+            GivenKeyValues(buffers[2 * n + i], buffers[3 * n + i], source_mask.size(1))
+            for i in range(n)
         ]
         # The encoder states are read only while the cross-attention cache is empty,
         # which it never is here: the source keys stand in for them.
         logits = self.decoder.step(
-            tokens, GivenCache(own, source), caches[2 * n], source_mask
+            tokens, GivenCache(own, source), buffers[2 * n], source_mask
         )
-        new_keys = [layer.appended[0] for layer in own]
-        new_values = [layer.appended[1] for layer in own]
-        return (logits[:, -1], *new_keys, *new_values)
+        return logits[:, -1]
 
 
-def package_path(model: Seq2SeqTransformer, directory: Path, precision: str) -> Path:
+def package_path(
+    model: Seq2SeqTransformer, directory: Path, precision: str, beams: int = 1
+) -> Path:
     """Where ``model``'s compiled step is kept: named by what it was compiled from.
 
-    A package embeds the weights and the code it was compiled from, so its name is
-    a fingerprint of the weights, of the model's source code (the two lower
-    packages and this module) and of PyTorch's version: a retrained or averaged
-    model, or changed code, gets a package of its own.
+    A package embeds the weights and the code it was compiled from, so its name
+    holds the precision, the hypotheses per sentence (``beams``) and a fingerprint
+    of the weights, of the model's source code (the two lower packages and this
+    module) and of PyTorch's version: a retrained or averaged model, or changed
+    code, gets a package of its own.
     """
     digest = hashlib.sha256(torch.__version__.encode())
     sources = [Path(__file__)]
@@ -143,7 +163,8 @@ def package_path(model: Seq2SeqTransformer, directory: Path, precision: str) -> 
         digest.update(
             tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
         )
-    return directory / f"decoding_step_{precision}_{digest.hexdigest()[:16]}.pt2"
+    name = f"decoding_step_{precision}_beams{beams}_{digest.hexdigest()[:16]}.pt2"
+    return directory / name
 
 
 def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
@@ -155,7 +176,7 @@ def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
 
 
 def compile_decoding_step(
-    model: Seq2SeqTransformer, path: Path, precision: str = "bf16"
+    model: Seq2SeqTransformer, path: Path, precision: str = "bf16", beams: int = 1
 ) -> Path:
     """Exports and compiles ``model``'s decoding step into the package ``path``.
 
@@ -178,23 +199,33 @@ def compile_decoding_step(
         config.d_model // config.n_heads,
     )
     n = step.layers
-    rows, length, source_length = 3, 5, 7
+    sources, length, capacity, source_length = 3, 5, 9, 7
     # Example inputs: KV caches on a CPU are fp32 (``cache.storage_dtype``).
+    own = (beams * sources, kv_heads, capacity, width)
+    source = (sources, kv_heads, source_length + 1, width)
     example = (
-        torch.randint(3, config.vocab_size, (rows, 1)),
-        torch.ones(rows, source_length, dtype=torch.bool),
+        torch.randint(3, config.vocab_size, (beams * sources, 1)),
+        torch.ones(sources, source_length, dtype=torch.bool),
+        torch.empty(()).expand(length),
         tuple(
-            [torch.randn(rows, kv_heads, length, width) for _ in range(2 * n)]
-            + [torch.randn(rows, kv_heads, source_length, width) for _ in range(2 * n)]
+            [torch.randn(own) for _ in range(2 * n)]
+            + [torch.randn(source) for _ in range(2 * n)]
         ),
     )
-    batch = torch.export.Dim("rows", min=1, max=4096)
-    target = torch.export.Dim("target", min=2, max=config.max_positions - 1)
-    source = torch.export.Dim("source", min=1, max=config.max_positions)
+    longest = 4 * config.max_positions  # buffers grow by doubling
+    sources = torch.export.Dim("sources", min=1, max=MOST_SOURCES)
+    rows = beams * sources if beams > 1 else sources
+    length = torch.export.Dim("target", min=1, max=config.max_positions - 1)
+    capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
+    source_length = torch.export.Dim("source", min=1, max=config.max_positions)
+    source_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
+    own_dims = {0: rows, 2: capacity}
+    source_dims = {0: sources, 2: source_capacity}
     dynamic_shapes = (
-        {0: batch},
-        {0: batch, 1: source},
-        tuple([{0: batch, 2: target}] * (2 * n) + [{0: batch, 2: source}] * (2 * n)),
+        {0: rows},
+        {0: sources, 1: source_length},
+        {0: length},
+        tuple([own_dims] * (2 * n) + [source_dims] * (2 * n)),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -211,17 +242,22 @@ def compile_decoding_step(
 
 
 class CompiledStep:
-    """``decode_step`` of a model, run by a compiled package where it can be.
+    """``decode_step`` of a model, run by compiled packages where they can be.
 
     Args:
-        package: A package from :func:`compile_decoding_step` for this model.
-        eager_step: The model's own ``decode_step``, for the steps the package does
-            not take.
+        packages: For each number of hypotheses per sentence (1 for greedy search,
+            the beam size for beam search), a package from
+            :func:`compile_decoding_step` for this model.
+        eager_step: The model's own ``decode_step``, for the steps no package takes.
     """
 
-    def __init__(self, package: Path, eager_step) -> None:
-        self.run = torch._inductor.aoti_load_package(str(package))
+    def __init__(self, packages: dict[int, Path], eager_step) -> None:
+        self.runs = {
+            beams: torch._inductor.aoti_load_package(str(package))
+            for beams, package in packages.items()
+        }
         self.eager_step = eager_step
+        self.no_positions = torch.empty(())  # expanded: a size without memory
 
     def __call__(
         self,
@@ -231,38 +267,40 @@ class CompiledStep:
         cache: DecoderCache,
     ) -> Tensor:
         """The ``decode_step`` contract: ``(b, 1, v)`` logits; ``cache`` extended."""
-        if cache.length < 2 or target_ids.size(1) != 1:
+        sources = cache.cross_attention[0].batch
+        beams, left = divmod(target_ids.size(0), sources or 1)
+        run = self.runs.get(beams)
+        # The first step computes the source keys and values: eager.
+        if run is None or left or cache.length < 1 or target_ids.size(1) != 1:
             return self.eager_step(
                 target_ids, encoder_hidden_states, source_mask, cache
             )
-        rows = target_ids.size(0)
-        own = [layer.read() for layer in cache.self_attention]
-        source = [layer.read() for layer in cache.cross_attention]
-        source_rows = source[0][0].size(0)
+        own = [layer.storage(room=1) for layer in cache.self_attention]
+        if own[0][0].size(2) < SMALLEST_CAPACITY or sources > MOST_SOURCES:
+            return self.eager_step(
+                target_ids, encoder_hidden_states, source_mask, cache
+            )
+        source = [layer.storage() for layer in cache.cross_attention]
         if source_mask is None:
             source_mask = torch.ones(
-                source_rows, source[0][0].size(2), dtype=torch.bool
+                sources, cache.cross_attention[0].length, dtype=torch.bool
             )
-        if rows != source_rows:  # beam search: each sentence's beams, one source row
-            beams = rows // source_rows
-            source = [
-                (keys.repeat_interleave(beams, 0), values.repeat_interleave(beams, 0))
-                for keys, values in source
-            ]
-            source_mask = source_mask.repeat_interleave(beams, 0)
-        caches = (
-            [keys.contiguous() for keys, _ in own]
-            + [values.contiguous() for _, values in own]
-            + [keys.contiguous() for keys, _ in source]
-            + [values.contiguous() for _, values in source]
+        buffers = (
+            [keys for keys, _ in own]
+            + [values for _, values in own]
+            + [keys for keys, _ in source]
+            + [values for _, values in source]
         )
+        cached_positions = self.no_positions.expand(cache.length)
         # The package reads its inputs as contiguous tensors.
-        logits, *appended = self.run(
-            target_ids.contiguous(), source_mask.contiguous(), tuple(caches)
+        logits = run(
+            target_ids.contiguous(),
+            source_mask.contiguous(),
+            cached_positions,
+            tuple(buffers),
         )
-        n = len(own)
-        for layer, cache_layer in enumerate(cache.self_attention):
-            cache_layer.update(appended[layer], appended[n + layer])
+        for layer in cache.self_attention:
+            layer.advance(1)
         return logits.unsqueeze(1)
 
 
@@ -271,25 +309,34 @@ class CompileError(RuntimeError):
 
 
 def compiled_step_package(
-    model: Seq2SeqTransformer, directory: Path, precision: str
+    model: Seq2SeqTransformer, directory: Path, precision: str, beams: int = 1
 ) -> Path:
     """The package of ``model``'s compiled step in ``directory``, compiled if missing.
 
     Call it before ``runtime.for_inference`` (which converts the model in place):
     the step is compiled from a copy of the model as loaded.
 
+    Args:
+        model: A translation model as loaded.
+        directory: Where packages are kept.
+        precision: ``bf16`` or ``fp32``.
+        beams: Hypotheses per sentence: 1 for greedy search, else the beam size.
+
     Raises:
         ValueError: a precision or an attention kind the compiled step lacks.
         CompileError: compiling failed; the message says what to do.
     """
     check_supported(model, precision)
-    path = package_path(model, directory, precision)
+    path = package_path(model, directory, precision, beams)
     if path.exists():
         return path
-    logger.warning("compiling the decoding step once (about half a minute)")
+    search = "greedy search" if beams == 1 else f"beam size {beams}"
+    logger.warning(
+        "compiling the decoding step for %s once (about half a minute)", search
+    )
     partial = path.with_suffix(".partial.pt2")
     try:
-        compile_decoding_step(model, partial, precision)
+        compile_decoding_step(model, partial, precision, beams)
     except ValueError:
         raise
     except Exception as error:  # the compiler's or exporter's own errors
@@ -305,15 +352,19 @@ def compiled_step_package(
 
 
 def for_compiled_inference(
-    model: Seq2SeqTransformer, precision: str, directory: Path
+    model: Seq2SeqTransformer,
+    precision: str,
+    directory: Path,
+    beam_sizes: Sequence[int] = (1,),
 ) -> Seq2SeqTransformer:
-    """``runtime.for_inference``, with ``decode_step`` run by the compiled step.
+    """``runtime.for_inference``, with ``decode_step`` run by compiled steps.
 
     Args:
         model: A model as loaded, on the CPU (converted in place, as by
             ``for_inference``).
         precision: ``bf16`` or ``fp32``.
-        directory: Where the package is kept (compiled there first if missing).
+        directory: Where the packages are kept (compiled there first if missing).
+        beam_sizes: The searches to compile a step for (1 = greedy).
 
     Raises:
         ValueError: the model is not on the CPU, or not covered (see
@@ -323,7 +374,10 @@ def for_compiled_inference(
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"a compiled step runs on the CPU, not {device}")
-    package = compiled_step_package(model, directory, precision)
+    packages = {
+        beams: compiled_step_package(model, directory, precision, beams)
+        for beams in sorted(set(beam_sizes))
+    }
     model = for_inference(model, precision)
-    model.decode_step = CompiledStep(package, model.decode_step)
+    model.decode_step = CompiledStep(packages, model.decode_step)
     return model

@@ -132,8 +132,8 @@ def evaluate(
 
     ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
     ``workers``: batches decoded at once (``translate_token_ids``).
-    ``compiled``: decode with the step compiled ahead of time (CPU;
-    :mod:`machine_translation.compiled_step`), kept beside the checkpoint.
+    ``compiled``: decode with the step compiled ahead of time for each beam size
+    (CPU; :mod:`machine_translation.compiled_step`), kept beside the checkpoint.
 
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
@@ -141,7 +141,7 @@ def evaluate(
     model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
     if compiled:
         folder = (adapter or checkpoint).parent / "compiled"
-        model = for_compiled_inference(model, precision, folder)
+        model = for_compiled_inference(model, precision, folder, beam_sizes)
     else:
         model = for_inference(model, precision)
     limit = model.config.max_positions

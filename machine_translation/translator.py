@@ -173,8 +173,9 @@ class Translator:
         workers: Batches decoded at once, each on its own thread (on a CPU, share
             the cores among them: ``runtime.share_cpu_threads``).
         compiled: Decode with the step compiled ahead of time
-            (:mod:`machine_translation.compiled_step`), kept in a ``compiled``
-            folder beside the checkpoint and built there first if missing. CPU only.
+            (:mod:`machine_translation.compiled_step`) for ``beam_size``, kept in a
+            ``compiled`` folder beside the checkpoint and built there first if
+            missing. CPU only.
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -212,7 +213,9 @@ class Translator:
         )
         if compiled:
             folder = Path(adapter or checkpoint).parent / "compiled"
-            self.model = for_compiled_inference(model, self.precision, folder)
+            self.model = for_compiled_inference(
+                model, self.precision, folder, [beam_size]
+            )
         else:
             self.model = for_inference(model, self.precision)
         self.beam_size, self.nbest, self.alpha = beam_size, nbest, alpha

@@ -80,6 +80,27 @@ def test_compacting_moves_only_as_many_rows_as_leave():
     assert compaction.rows == 62
 
 
+def test_writing_into_the_storage_then_advancing_equals_update():
+    """What a compiled decoding step does: write the next position in place."""
+    steps = [torch.randn(5, 2, 1, 3) for _ in range(9)]
+    updated, written = KeyValueCache(capacity=4), KeyValueCache(capacity=4)
+    updated.update(steps[0], -steps[0])
+    written.update(steps[0], -steps[0])
+    updated.reorder(torch.tensor([4, 0, 2]))  # fewer rows than the buffers hold
+    written.reorder(torch.tensor([4, 0, 2]))
+    for step in steps[1:]:  # past the capacity: the storage grows to make room
+        updated.update(step[:3], -step[:3])
+        keys, values = written.storage(room=1)
+        assert keys.shape[0] == 3 and keys.size(2) >= written.length + 1
+        keys[:, :, written.length] = step[:3, :, 0]
+        values[:, :, written.length] = -step[:3, :, 0]
+        written.advance(1)
+    for expected, actual in zip(updated.read(), written.read(), strict=True):
+        assert torch.equal(actual, expected)
+    with pytest.raises(ValueError, match="no room"):
+        written.advance(written.storage()[0].size(2))
+
+
 def test_reading_an_empty_cache_is_an_error():
     with pytest.raises(RuntimeError, match="cache is empty"):
         KeyValueCache().read()

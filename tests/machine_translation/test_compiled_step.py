@@ -24,7 +24,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*script_method:DeprecationWarni
 
 @pytest.fixture(scope="module")
 def tiny_model_and_package(tmp_path_factory):
-    """A tiny random fp32 model (GQA) and its compiled step (~20 s to compile)."""
+    """A tiny random fp32 model (GQA) and its compiled steps for greedy search and
+    beam size 3 (~20 s each to compile)."""
     torch.manual_seed(0)
     config = TransformerConfig(
         vocab_size=37,
@@ -41,13 +42,28 @@ def tiny_model_and_package(tmp_path_factory):
     with torch.no_grad():  # EOS likelier, so that sentences end at different steps
         model.decoder.embedding.tokens.weight[EOS] += 0.5
     folder = tmp_path_factory.mktemp("compiled")
-    return model, compiled_step_package(model, folder, "fp32")
+    packages = {
+        beams: compiled_step_package(model, folder, "fp32", beams) for beams in (1, 3)
+    }
+    return model, packages
 
 
-def eager_and_compiled(model, package):
+def eager_and_compiled(model, packages):
+    """The model in eager mode and with compiled steps that count their runs."""
     eager = for_inference(copy.deepcopy(model), "fp32")
     compiled = for_inference(copy.deepcopy(model), "fp32")
-    compiled.decode_step = CompiledStep(package, compiled.decode_step)
+    step = CompiledStep(packages, compiled.decode_step)
+    step.counts = dict.fromkeys(step.runs, 0)
+
+    def counting(beams, run):
+        def counted(*inputs):
+            step.counts[beams] += 1
+            return run(*inputs)
+
+        return counted
+
+    step.runs = {beams: counting(beams, run) for beams, run in step.runs.items()}
+    compiled.decode_step = step
     return eager, compiled
 
 
@@ -62,7 +78,7 @@ def random_sources(count=12, vocabulary=37):
 def test_compiled_step_gives_the_eager_logits(tiny_model_and_package):
     eager, compiled = eager_and_compiled(*tiny_model_and_package)
     sources, mask = random_sources()
-    tokens = torch.randint(3, 37, (sources.size(0), 6))
+    tokens = torch.randint(3, 37, (sources.size(0), 20))  # the caches grow at 16
     with torch.inference_mode():
         states = eager.encode(sources, mask)
         caches = [eager.new_cache(), compiled.new_cache()]
@@ -71,6 +87,7 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_package):
             expected = eager.decode_step(step, states, mask, caches[0])
             actual = compiled.decode_step(step, states, mask, caches[1])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+        assert compiled.decode_step.counts == {1: 19, 3: 0}  # all but the first
         pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
         for ours, theirs in pairs:
             torch.testing.assert_close(ours.read(), theirs.read())
@@ -93,12 +110,16 @@ def test_compiled_search_equals_eager_search(tiny_model_and_package, beam_size):
     best = [row[0] for row in expected] if beam_size > 1 else expected
     assert len({len(tokens) for tokens in best}) > 2  # sentences end at other steps
     assert actual == expected
+    assert compiled.decode_step.counts[beam_size] > 0
 
 
-def test_a_package_belongs_to_its_weights(tiny_model_and_package, tmp_path):
-    model, package = tiny_model_and_package
+def test_a_package_belongs_to_its_weights_and_search(tiny_model_and_package):
+    model, packages = tiny_model_and_package
+    package = packages[1]
     assert package_path(model, package.parent, "fp32") == package
     assert package_path(model, package.parent, "bf16") != package
+    assert package_path(model, package.parent, "fp32", beams=3) == packages[3]
+    assert packages[3] != package
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
@@ -111,7 +132,7 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     arguments = ["--checkpoint", str(checkpoint), "--compiled", "--beam", "1"]
     first = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert first.returncode == 0, first.stderr
-    assert "compiling the decoding step once" in first.stderr
+    assert "compiling the decoding step for greedy search" in first.stderr
     assert len(first.stdout.splitlines()) == 2
     assert list((checkpoint.parent / "compiled").glob("decoding_step_*.pt2"))
     again = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
