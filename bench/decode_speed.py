@@ -2,7 +2,7 @@
 
     python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
         [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
-        [--keep-freed-memory] [--workers 2]
+        [--keep-freed-memory] [--workers 2] [--compiled]
         [--preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4]
 
 Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
@@ -36,6 +36,13 @@ than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
 with ``translate_token_ids(workers=N)``, CTranslate2 with ``inter_threads=N,
 intra_threads=threads / N``. Hugging Face ``generate`` has no such option and runs
 as without it.
+
+``--compiled`` adds ours with the decoding step compiled ahead of time (bf16,
+``machine_translation.compiled_step``), one batch at a time on all threads whatever
+``--workers`` says: a compiled step holds Python's interpreter lock while it runs,
+so two workers ran it at 0.6-0.8x of one. Its packages are built in the first
+round's process (about half a minute each, before the timing) and loaded by the
+later ones.
 """
 
 from __future__ import annotations
@@ -64,12 +71,10 @@ from machine_translation.checkpoint import (  # noqa: E402
     find_checkpoint,
     load_translation_model,
 )
+from machine_translation.compiled_step import for_compiled_inference  # noqa: E402
 from machine_translation.data import collate  # noqa: E402
 from machine_translation.evaluate import builtin_test_set, score  # noqa: E402
-from machine_translation.runtime import (  # noqa: E402
-    for_inference,
-    share_cpu_threads,
-)
+from machine_translation.runtime import for_inference  # noqa: E402
 from machine_translation.translator import translate_token_ids  # noqa: E402
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
@@ -82,12 +87,21 @@ class Setting:
     batch: int
     precision: str
     translate: Callable[[list[list[int]]], list[str]] | None  # source ids → texts
+    threads: int | None = None  # PyTorch's threads while it runs (None: as set)
     seconds: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
 
-def ours(model, tokenizer, precision, beam, batch, workers=1) -> Callable:
-    model = for_inference(copy.deepcopy(model), precision)
+def ours(
+    model, tokenizer, precision, beam, batch, workers=1, compiled_in=None
+) -> Callable:
+    """Our translation path; with ``compiled_in`` (a folder), the compiled step."""
+    if compiled_in is None:
+        model = for_inference(copy.deepcopy(model), precision)
+    else:
+        model = for_compiled_inference(
+            copy.deepcopy(model), precision, compiled_in, [beam]
+        )
 
     def translate(source_ids):
         translations = translate_token_ids(
@@ -170,7 +184,17 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
             (s, b, p) for s in searches for b in (64, 1) for p in ("fp32", "bf16")
         ):
             translate = ours(model, tokenizer, precision, beam, batch, args.workers)
-            settings.append(Setting("ours", search, batch, precision, translate))
+            threads = max(1, args.threads // args.workers)  # the workers share them
+            setting = Setting("ours", search, batch, precision, translate, threads)
+            settings.append(setting)
+        if args.compiled:  # one batch at a time (see the docstring)
+            for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
+                folder = workdir / "compiled"  # built by the first round
+                translate = ours(model, tokenizer, "bf16", beam, batch, 1, folder)
+                setting = Setting(
+                    "ours", search, batch, "bf16 compiled", translate, args.threads
+                )
+                settings.append(setting)
     if "hf" in args.systems:
         if not installed("transformers"):
             print("skipping Hugging Face: pip install transformers (bench only)")
@@ -220,6 +244,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="batches decoded at once (ours, CT2)"
     )
+    parser.add_argument(
+        "--compiled", action="store_true", help="ours with the compiled step too"
+    )
     parser.add_argument("--preload", help="a library every process preloads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -230,8 +257,6 @@ def main() -> None:
     # them, once started, halved its speed (greedy 101-137 against 257-279
     # sentences/s), so its process keeps PyTorch to one thread from the start.
     torch.set_num_threads(1 if args.worker == "ct2" else args.threads)
-    if args.worker == "ours":  # its workers share the threads
-        share_cpu_threads(args.workers, torch.device("cpu"))
     args.checkpoint = str(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
     model, tokenizer, _ = load_translation_model(Path(args.checkpoint), "cpu")
     test_set = builtin_test_set("multi30k")
@@ -248,6 +273,8 @@ def main() -> None:
         print(f"preloaded in every process: {args.preload}")
     if args.keep_freed_memory:
         print("every process keeps freed memory (glibc's mallopt)")
+    if args.compiled:
+        print("ours also with the compiled step (bf16, one batch at a time)")
     if args.workers > 1:
         print(f"ours and CTranslate2 decode {args.workers} batches at once")
     settings: dict[tuple, Setting] = {}
@@ -275,6 +302,8 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     command += ["--batch1", str(args.batch1), "--workers", str(args.workers)]
     if args.keep_freed_memory:
         command.append("--keep-freed-memory")
+    if args.compiled:
+        command.append("--compiled")
     environment = dict(os.environ)
     if args.preload:
         environment["LD_PRELOAD"] = args.preload
@@ -286,9 +315,11 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
     """The worker: warms up, times each setting once, writes ``<system>.json``."""
     settings = build_settings(args, model, tokenizer, workdir)
     for setting in settings:  # warm-up: first calls allocate and pick kernels
+        torch.set_num_threads(setting.threads or torch.get_num_threads())
         setting.translate(source_ids[:8])
     results = []
     for setting in settings:
+        torch.set_num_threads(setting.threads or torch.get_num_threads())
         count = len(source_ids) if setting.batch > 1 else args.batch1
         start = time.perf_counter()
         texts = setting.translate(source_ids[:count])

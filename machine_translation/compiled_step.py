@@ -48,6 +48,12 @@ from machine_translation.runtime import for_inference, precision_dtype
 
 logger = logging.getLogger(__name__)
 
+# Why decoding threads (``translate_token_ids(workers=...)``) do not add up here.
+ONE_BATCH_AT_A_TIME = (
+    "a compiled step decodes one batch at a time (it holds Python's interpreter "
+    "lock while it runs): use one worker"
+)
+
 # Bounds the exported step is built for: the most sentences in a batch, and the
 # fewest positions a self-attention buffer may have (the exporter's own bound).
 MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3

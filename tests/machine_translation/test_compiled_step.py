@@ -139,5 +139,6 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
     assert again.stdout == first.stdout
-    cuda = run_translate(*arguments, "--device", "cuda", "A dog.")
-    assert cuda.returncode == 2 and cuda.stderr.count("\n") == 1
+    for wrong in (["--device", "cuda"], ["--workers", "2"]):
+        refused = run_translate(*arguments, *wrong, "A dog.")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1
