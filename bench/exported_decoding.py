@@ -2,19 +2,20 @@
 
     python bench/exported_decoding.py
         [--checkpoint runs/en-fr/<run>/checkpoints/best.pt] [--batch 1] [--beam 1]
-        [--sentences 100] [--rounds 3] [--threads 2] [--package step.pt2]
+        [--sentences 100] [--rounds 3] [--threads 2] [--folder compiled/]
 
 The question after ``bench/compiled_decoding.py``: ``torch.compile`` made the step
 1.48x as fast at batch 1, but compiled for a minute at every start. AOTInductor
 compiles once into a package (a shared library and the weights) that a later process
 loads in seconds, as CTranslate2 converts a model once.
 
-The step and its package are the toolkit's own
+The compiled encoder and steps are the toolkit's own
 (``machine_translation.compiled_step``, which ``translate --compiled`` and
-``evaluate --compiled`` use); this script times it against the eager path. Needs a
-C++ compiler.
+``evaluate --compiled`` use); this script times them against the eager path. Needs
+a C++ compiler.
 
-Reported: the export and compile time (unless ``--package`` exists), the load time,
+Reported: the export and compile time (of the packages missing in ``--folder``,
+a temporary folder by default), the load time,
 then sentences/s of eager (the toolkit's ``for_inference`` model) and exported,
 alternating, and how many outputs are identical: greedy search, or beam search
 with ``--beam`` (a package is compiled per beam size). bf16 weights on Multi30K
@@ -43,8 +44,9 @@ from machine_translation.checkpoint import (  # noqa: E402
     load_translation_model,
 )
 from machine_translation.compiled_step import (  # noqa: E402
-    CompiledStep,
-    compile_decoding_step,
+    compiled_package,
+    for_compiled_inference,
+    programs,
 )
 from machine_translation.evaluate import builtin_test_set  # noqa: E402
 from machine_translation.runtime import for_inference  # noqa: E402
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--package", help="reuse (or write) this package")
+    parser.add_argument("--folder", help="reuse (or write) the packages here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the translation commands
@@ -71,16 +73,17 @@ def main() -> None:
         f"threads {args.threads}"
     )
     with tempfile.TemporaryDirectory() as workdir:
-        path = Path(args.package or Path(workdir) / "step.pt2")
-        if not path.exists():
+        folder = Path(args.folder or workdir)
+        for program in programs([args.beam]):
             start = time.perf_counter()
-            compile_decoding_step(model, path, "bf16", beams=args.beam)
-            print(f"export and compile: {time.perf_counter() - start:.1f} s")
-        exported = for_inference(copy.deepcopy(model), "bf16")
+            path = compiled_package(model, folder, "bf16", program)
+            print(f"{program}: {path.stat().st_size / 2**20:.1f} MiB "
+                  f"(ready in {time.perf_counter() - start:.1f} s)")  # fmt: skip
         start = time.perf_counter()
-        exported.decode_step = CompiledStep({args.beam: path}, exported.decode_step)
-        print(f"package {path.stat().st_size / 2**20:.1f} MiB, loaded in "
-              f"{time.perf_counter() - start:.2f} s")  # fmt: skip
+        exported = for_compiled_inference(
+            copy.deepcopy(model), "bf16", folder, [args.beam]
+        )
+        print(f"loaded in {time.perf_counter() - start:.2f} s")
         eager = for_inference(copy.deepcopy(model), "bf16")
 
         def run(decoder, count: int) -> tuple[float, list[str]]:

@@ -1,28 +1,30 @@
-"""The decoding step compiled ahead of time: faster translation on a CPU.
+"""The encoder and the decoding step compiled ahead of time: faster translation
+on a CPU.
 
 A decoding step in eager PyTorch is about 170 small operations, each dispatched from
 Python; at one sentence at a time their overhead, not the arithmetic, sets the speed.
-AOTInductor compiles the step into a shared library once (fusing the small
-operations into a few C++ kernels, with the linear layers' weights prepacked), and
-a later process loads that package (about 3 s with the import of the compiler's
-runtime), as CTranslate2 converts a model once. Measured on this project's CPU:
-greedy search 1.5–1.7× as fast one sentence at a time, 1.1–1.3× at batch 64; beam
-search 1.3× and unchanged (``bench/README.md``). The load time makes it worth it
-for long inputs and long-lived processes, not for a few sentences.
+AOTInductor compiles a model's programs into shared libraries once (fusing the
+small operations into a few C++ kernels, with the linear layers' weights
+prepacked), and a later process loads those packages (a few seconds, with the
+import of the compiler's runtime), as CTranslate2 converts a model once. Three
+programs make a search (:func:`programs`): the encoder, the first decoding step
+(which computes the source's keys and values) and the later steps. The load time
+makes it worth it for long inputs and long-lived processes, not for a few
+sentences; speeds are in ``bench/README.md``.
 
-The step is exported as a function of explicit tensors: the new tokens, the source
-mask and every layer's cache buffers go in, the logits come out, and the new
-positions' keys and values are written into the buffers in place, as the eager
-cache would append them (:meth:`KeyValueCache.storage`). Inside, the decoder's own
-modules run on a stand-in cache (:class:`GivenCache`) over those buffers, so the
-compiled step is the model's code, not a rewrite of it.
+Each program is exported as a function of explicit tensors. A later step takes the
+new tokens, the source mask and every layer's cache buffers, returns the logits,
+and writes the new positions' keys and values into the buffers in place, as the
+eager cache would append them (:meth:`KeyValueCache.storage`). Inside, the
+decoder's own modules run on stand-in caches (:class:`GivenCache`), so the
+compiled programs are the model's code, not a rewrite of it.
 
-The package holds the weights: it belongs to one model, so its name carries a
-fingerprint of the weights and of the code (:func:`package_path`). It is built for
-a number of hypotheses per sentence: one for greedy search, the beam size for beam
-search, whose beams of a sentence then share one row of source keys and values,
-as in the eager decoder. The first step of a search runs eagerly (it computes the
-source's keys and values). Needs a C++ compiler to build; CPU only.
+A package holds the weights: it belongs to one model, so its name carries a
+fingerprint of the weights and of the code (:func:`package_path`). A later step is
+built for a number of hypotheses per sentence: one for greedy search, the beam
+size for beam search, whose beams of a sentence then share one row of source keys
+and values, as in the eager decoder. Sizes a program was not built for (e.g. very
+long sources) run eagerly. Needs a C++ compiler to build; CPU only.
 
 Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
 positions, ``d_h`` head width, ``v`` vocabulary.
@@ -42,7 +44,11 @@ from torch import Tensor, nn
 
 import decoder_transformer
 import encoder_transformer
-from decoder_transformer.cache import DecoderCache
+from decoder_transformer.cache import DecoderCache, storage_dtype
+from encoder_transformer.attention import (
+    CPU_MATH_KERNEL_MAX_KEYS,
+    DECODING_STEP_MAX_QUERIES,
+)
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import for_inference, precision_dtype
 
@@ -85,19 +91,80 @@ class GivenKeyValues:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
+class NewKeyValues:
+    """A stand-in for an empty layer cache: keeps what the first step appends."""
+
+    length = 0
+    batch = 0
+
+    def __init__(self) -> None:
+        self.appended: tuple[Tensor, Tensor] | None = None
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Keeps ``(b, h, s_new, d_h)`` keys and values; returns them as a cache
+        would store them (fp32 on a CPU, :func:`storage_dtype`)."""
+        self.appended = (keys, values)
+        dtype = storage_dtype(keys)
+        return keys.to(dtype), values.to(dtype)
+
+
 class GivenCache:
-    """What the decoder reads of a :class:`DecoderCache`, over given buffers."""
+    """What the decoder reads of a :class:`DecoderCache`, over given stand-ins."""
 
     def __init__(
         self,
-        self_attention: list[GivenKeyValues],
-        cross_attention: list[GivenKeyValues],
+        self_attention: list[GivenKeyValues] | list[NewKeyValues],
+        cross_attention: list[GivenKeyValues] | list[NewKeyValues],
     ) -> None:
         self.self_attention, self.cross_attention = self_attention, cross_attention
 
     @property
     def length(self) -> int:
         return self.self_attention[0].length
+
+
+class Encoding(nn.Module):
+    """The encoder, for ``torch.export``: ``(b, s_src)`` ids and mask → states."""
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source_ids: Tensor, source_mask: Tensor) -> Tensor:
+        return self.model.encode(source_ids, source_mask)
+
+
+class FirstStep(nn.Module):
+    """The first decoding step, on empty caches, for ``torch.export``.
+
+    ``forward(tokens, encoder_hidden_states, source_mask)``: ``tokens`` ``(b, 1)``,
+    ``encoder_hidden_states`` ``(b, s_src, d)``, ``source_mask`` ``(b, s_src)``.
+    Returns the logits ``(b, v)``, then each layer's self-attention keys, then
+    values ``(b, h, 1, d_h)``, then cross-attention keys, then values
+    ``(b, h, s_src, d_h)``: what the caller's cache is to hold.
+    """
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.layers = len(model.decoder.blocks)
+
+    def forward(
+        self, tokens: Tensor, encoder_hidden_states: Tensor, source_mask: Tensor
+    ) -> tuple[Tensor, ...]:
+        own = [NewKeyValues() for _ in range(self.layers)]
+        source = [NewKeyValues() for _ in range(self.layers)]
+        logits = self.decoder.step(
+            tokens, GivenCache(own, source), encoder_hidden_states, source_mask
+        )
+        appended = [layer.appended for layer in own + source]
+        return (
+            logits[:, -1],
+            *(keys for keys, _ in appended[: self.layers]),
+            *(values for _, values in appended[: self.layers]),
+            *(keys for keys, _ in appended[self.layers :]),
+            *(values for _, values in appended[self.layers :]),
+        )
 
 
 class DecodingStep(nn.Module):
@@ -147,16 +214,28 @@ class DecodingStep(nn.Module):
         return logits[:, -1]
 
 
+def step_program(beams: int) -> str:
+    """The name of the decoding step's program for ``beams`` hypotheses a sentence."""
+    return f"step_beams{beams}"
+
+
+def programs(beam_sizes: Sequence[int]) -> list[str]:
+    """The programs that translating with ``beam_sizes`` (1 = greedy) runs."""
+    return ["encoder", "first_step"] + [
+        step_program(g) for g in sorted(set(beam_sizes))
+    ]
+
+
 def package_path(
-    model: Seq2SeqTransformer, directory: Path, precision: str, beams: int = 1
+    model: Seq2SeqTransformer, directory: Path, precision: str, program: str
 ) -> Path:
-    """Where ``model``'s compiled step is kept: named by what it was compiled from.
+    """Where ``model``'s compiled ``program`` is kept: named by what it came from.
 
     A package embeds the weights and the code it was compiled from, so its name
-    holds the precision, the hypotheses per sentence (``beams``) and a fingerprint
-    of the weights, of the model's source code (the two lower packages and this
-    module) and of PyTorch's version: a retrained or averaged model, or changed
-    code, gets a package of its own.
+    holds the program (:func:`programs`), the precision and a fingerprint of the
+    weights, of the model's source code (the two lower packages and this module)
+    and of PyTorch's version: a retrained or averaged model, or changed code, gets
+    a package of its own.
     """
     digest = hashlib.sha256(torch.__version__.encode())
     sources = [Path(__file__)]
@@ -169,8 +248,7 @@ def package_path(
         digest.update(
             tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
         )
-    name = f"decoding_step_{precision}_beams{beams}_{digest.hexdigest()[:16]}.pt2"
-    return directory / name
+    return directory / f"{program}_{precision}_{digest.hexdigest()[:16]}.pt2"
 
 
 def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
@@ -181,14 +259,92 @@ def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
         raise ValueError("a compiled step needs standard attention (not latent)")
 
 
-def compile_decoding_step(
-    model: Seq2SeqTransformer, path: Path, precision: str = "bf16", beams: int = 1
+def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int]:
+    """The shortest and longest sources the compiled encoder takes.
+
+    Within them the encoder's attention takes one way
+    (``encoder_transformer.attention``): in fp32, up to 16 queries are multiplied
+    out and more go to SDPA; in bf16, SDPA's kernel changes beyond 256 keys.
+    Other lengths are encoded eagerly.
+    """
+    if precision == "fp32":
+        return DECODING_STEP_MAX_QUERIES + 1, model.config.max_positions
+    return 1, min(model.config.max_positions, CPU_MATH_KERNEL_MAX_KEYS)
+
+
+def export_program(
+    model: Seq2SeqTransformer, program: str
+) -> torch.export.ExportedProgram:
+    """``program`` of ``model`` (on the CPU, in its precision) as exported.
+
+    Example inputs come with the sizes that vary: sentences, hypotheses per
+    sentence (fixed per program), source and target lengths, cache capacities.
+    """
+    config, dtype = model.config, next(model.parameters()).dtype
+    kv_heads = config.n_kv_heads or config.n_heads
+    width = config.d_model // config.n_heads
+    n = len(model.decoder.blocks)
+    sources, length, capacity, source_length = 3, 5, 9, 7
+    source_mask = torch.ones(sources, source_length, dtype=torch.bool)
+    most = torch.export.Dim("sources", min=1, max=MOST_SOURCES)
+    longest = 4 * config.max_positions  # cache buffers grow by doubling
+    if program == "encoder":
+        precision = "fp32" if dtype == torch.float32 else "bf16"
+        shortest, longest_source = encoder_lengths(model, precision)
+        length = min(shortest + 2, longest_source)
+        source_ids = torch.randint(3, config.vocab_size, (sources, length))
+        mask = torch.ones(sources, length, dtype=torch.bool)
+        source = torch.export.Dim("source", min=shortest, max=longest_source)
+        dims = {0: most, 1: source}
+        return torch.export.export(
+            Encoding(model), (source_ids, mask), dynamic_shapes=(dims, dims)
+        )
+    source = torch.export.Dim("source", min=1, max=config.max_positions)
+    if program == "first_step":
+        example = (
+            torch.randint(3, config.vocab_size, (sources, 1)),
+            torch.randn(sources, source_length, config.d_model).to(dtype),
+            source_mask,
+        )
+        dims = ({0: most}, {0: most, 1: source}, {0: most, 1: source})
+        return torch.export.export(FirstStep(model), example, dynamic_shapes=dims)
+    beams = int(program.removeprefix("step_beams"))
+    # Example caches: on a CPU they are fp32 (``cache.storage_dtype``).
+    own = (beams * sources, kv_heads, capacity, width)
+    cross = (sources, kv_heads, source_length + 1, width)
+    example = (
+        torch.randint(3, config.vocab_size, (beams * sources, 1)),
+        source_mask,
+        torch.empty(()).expand(length),
+        tuple(
+            [torch.randn(own) for _ in range(2 * n)]
+            + [torch.randn(cross) for _ in range(2 * n)]
+        ),
+    )
+    rows = beams * most if beams > 1 else most
+    target = torch.export.Dim("target", min=1, max=config.max_positions - 1)
+    own_capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
+    cross_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
+    own_dims = {0: rows, 2: own_capacity}
+    cross_dims = {0: most, 2: cross_capacity}
+    dims = (
+        {0: rows},
+        {0: most, 1: source},
+        {0: target},
+        tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
+    )
+    return torch.export.export(DecodingStep(model), example, dynamic_shapes=dims)
+
+
+def compile_program(
+    model: Seq2SeqTransformer, program: str, path: Path, precision: str = "bf16"
 ) -> Path:
-    """Exports and compiles ``model``'s decoding step into the package ``path``.
+    """Exports and compiles ``model``'s ``program`` into the package ``path``.
 
     Args:
         model: A translation model as loaded, not prepared for inference (left
             unchanged: a copy is compiled).
+        program: ``encoder``, ``first_step`` or a :func:`step_program`.
         path: The ``.pt2`` file to write (its folder is created).
         precision: ``bf16`` or ``fp32``, the weights' type in the package.
 
@@ -198,69 +354,59 @@ def compile_decoding_step(
     check_supported(model, precision)
     dtype = precision_dtype(precision)
     compiled = copy.deepcopy(model).to("cpu", dtype).eval().requires_grad_(False)
-    step = DecodingStep(compiled)
-    config = model.config
-    kv_heads, width = (
-        config.n_kv_heads or config.n_heads,
-        config.d_model // config.n_heads,
-    )
-    n = step.layers
-    sources, length, capacity, source_length = 3, 5, 9, 7
-    # Example inputs: KV caches on a CPU are fp32 (``cache.storage_dtype``).
-    own = (beams * sources, kv_heads, capacity, width)
-    source = (sources, kv_heads, source_length + 1, width)
-    example = (
-        torch.randint(3, config.vocab_size, (beams * sources, 1)),
-        torch.ones(sources, source_length, dtype=torch.bool),
-        torch.empty(()).expand(length),
-        tuple(
-            [torch.randn(own) for _ in range(2 * n)]
-            + [torch.randn(source) for _ in range(2 * n)]
-        ),
-    )
-    longest = 4 * config.max_positions  # buffers grow by doubling
-    sources = torch.export.Dim("sources", min=1, max=MOST_SOURCES)
-    rows = beams * sources if beams > 1 else sources
-    length = torch.export.Dim("target", min=1, max=config.max_positions - 1)
-    capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
-    source_length = torch.export.Dim("source", min=1, max=config.max_positions)
-    source_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
-    own_dims = {0: rows, 2: capacity}
-    source_dims = {0: sources, 2: source_capacity}
-    dynamic_shapes = (
-        {0: rows},
-        {0: sources, 1: source_length},
-        {0: length},
-        tuple([own_dims] * (2 * n) + [source_dims] * (2 * n)),
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # Without gradients, inductor freezes the weights and prepacks the linear layers.
     with torch.no_grad():
-        exported = torch.export.export(step, example, dynamic_shapes=dynamic_shapes)
+        exported = export_program(compiled, program)
         torch._inductor.aoti_compile_and_package(
             exported, package_path=str(path), inductor_configs={"freezing": True}
         )
-    logger.info(
-        "compiled the decoding step in %.0f s: %s", time.perf_counter() - start, path
-    )
+    logger.info("compiled %s in %.0f s: %s", program, time.perf_counter() - start, path)
     return path
+
+
+class CompiledEncoder:
+    """``encode`` of a model, run by its compiled encoder where it can be.
+
+    Args:
+        package: The ``encoder`` package of this model.
+        eager_encode: The model's own ``encode``, for other lengths.
+        lengths: The shortest and longest sources the package takes
+            (:func:`encoder_lengths`).
+    """
+
+    def __init__(self, package: Path, eager_encode, lengths: tuple[int, int]) -> None:
+        self.run = torch._inductor.aoti_load_package(str(package))
+        self.eager_encode, self.lengths = eager_encode, lengths
+
+    def __call__(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """``(b, s_src)`` ids and mask → ``(b, s_src, d)`` encoder hidden states."""
+        rows, length = source_ids.shape
+        shortest, longest = self.lengths
+        if not shortest <= length <= longest or rows > MOST_SOURCES:
+            return self.eager_encode(source_ids, source_mask)
+        if source_mask is None:
+            source_mask = torch.ones(rows, length, dtype=torch.bool)
+        # The package reads its inputs as contiguous tensors.
+        return self.run(source_ids.contiguous(), source_mask.contiguous())
 
 
 class CompiledStep:
     """``decode_step`` of a model, run by compiled packages where they can be.
 
     Args:
-        packages: For each number of hypotheses per sentence (1 for greedy search,
-            the beam size for beam search), a package from
-            :func:`compile_decoding_step` for this model.
+        first_step: The ``first_step`` package of this model.
+        steps: For each number of hypotheses per sentence (1 for greedy search,
+            the beam size for beam search), the package of its :func:`step_program`.
         eager_step: The model's own ``decode_step``, for the steps no package takes.
     """
 
-    def __init__(self, packages: dict[int, Path], eager_step) -> None:
-        self.runs = {
+    def __init__(self, first_step: Path, steps: dict[int, Path], eager_step) -> None:
+        self.first_step = torch._inductor.aoti_load_package(str(first_step))
+        self.steps = {
             beams: torch._inductor.aoti_load_package(str(package))
-            for beams, package in packages.items()
+            for beams, package in steps.items()
         }
         self.eager_step = eager_step
         self.no_positions = torch.empty(())  # expanded: a size without memory
@@ -273,19 +419,56 @@ class CompiledStep:
         cache: DecoderCache,
     ) -> Tensor:
         """The ``decode_step`` contract: ``(b, 1, v)`` logits; ``cache`` extended."""
+        if target_ids.size(1) == 1 and cache.length == 0:
+            logits = self.start(target_ids, encoder_hidden_states, source_mask, cache)
+        elif target_ids.size(1) == 1:
+            logits = self.go_on(target_ids, source_mask, cache)
+        else:
+            logits = None
+        if logits is None:  # sizes the packages were not built for
+            return self.eager_step(
+                target_ids, encoder_hidden_states, source_mask, cache
+            )
+        return logits.unsqueeze(1)
+
+    def start(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+    ) -> Tensor | None:
+        """The first step's ``(b, v)`` logits; fills the empty caches."""
+        rows, source_length, _ = encoder_hidden_states.shape
+        if target_ids.size(0) != rows or rows > MOST_SOURCES:
+            return None
+        if source_mask is None:
+            source_mask = torch.ones(rows, source_length, dtype=torch.bool)
+        # The package reads its inputs as contiguous tensors.
+        logits, *appended = self.first_step(
+            target_ids.contiguous(),
+            encoder_hidden_states.contiguous(),
+            source_mask.contiguous(),
+        )
+        n = len(cache.self_attention)
+        for layer, layer_cache in enumerate(cache.self_attention):
+            layer_cache.update(appended[layer], appended[n + layer])
+        for layer, layer_cache in enumerate(cache.cross_attention):
+            layer_cache.update(appended[2 * n + layer], appended[3 * n + layer])
+        return logits
+
+    def go_on(
+        self, target_ids: Tensor, source_mask: Tensor | None, cache: DecoderCache
+    ) -> Tensor | None:
+        """A later step's ``(b, v)`` logits; writes into the caches' buffers."""
         sources = cache.cross_attention[0].batch
-        beams, left = divmod(target_ids.size(0), sources or 1)
-        run = self.runs.get(beams)
-        # The first step computes the source keys and values: eager.
-        if run is None or left or cache.length < 1 or target_ids.size(1) != 1:
-            return self.eager_step(
-                target_ids, encoder_hidden_states, source_mask, cache
-            )
+        beams, left = divmod(target_ids.size(0), sources)
+        run = self.steps.get(beams)
+        if run is None or left or sources > MOST_SOURCES:
+            return None
         own = [layer.storage(room=1) for layer in cache.self_attention]
-        if own[0][0].size(2) < SMALLEST_CAPACITY or sources > MOST_SOURCES:
-            return self.eager_step(
-                target_ids, encoder_hidden_states, source_mask, cache
-            )
+        if own[0][0].size(2) < SMALLEST_CAPACITY:
+            return None
         source = [layer.storage() for layer in cache.cross_attention]
         if source_mask is None:
             source_mask = torch.ones(
@@ -297,61 +480,55 @@ class CompiledStep:
             + [keys for keys, _ in source]
             + [values for _, values in source]
         )
-        cached_positions = self.no_positions.expand(cache.length)
-        # The package reads its inputs as contiguous tensors.
         logits = run(
             target_ids.contiguous(),
             source_mask.contiguous(),
-            cached_positions,
+            self.no_positions.expand(cache.length),
             tuple(buffers),
         )
         for layer in cache.self_attention:
             layer.advance(1)
-        return logits.unsqueeze(1)
+        return logits
 
 
 class CompileError(RuntimeError):
-    """The decoding step could not be compiled (e.g. no C++ compiler)."""
+    """A program could not be compiled (e.g. no C++ compiler)."""
 
 
-def compiled_step_package(
-    model: Seq2SeqTransformer, directory: Path, precision: str, beams: int = 1
+def compiled_package(
+    model: Seq2SeqTransformer, directory: Path, precision: str, program: str
 ) -> Path:
-    """The package of ``model``'s compiled step in ``directory``, compiled if missing.
+    """The package of ``model``'s ``program`` in ``directory``, compiled if missing.
 
     Call it before ``runtime.for_inference`` (which converts the model in place):
-    the step is compiled from a copy of the model as loaded.
+    the program is compiled from a copy of the model as loaded.
 
     Args:
         model: A translation model as loaded.
         directory: Where packages are kept.
         precision: ``bf16`` or ``fp32``.
-        beams: Hypotheses per sentence: 1 for greedy search, else the beam size.
+        program: One of :func:`programs`.
 
     Raises:
         ValueError: a precision or an attention kind the compiled step lacks.
         CompileError: compiling failed; the message says what to do.
     """
     check_supported(model, precision)
-    path = package_path(model, directory, precision, beams)
+    path = package_path(model, directory, precision, program)
     if path.exists():
         return path
-    search = "greedy search" if beams == 1 else f"beam size {beams}"
-    logger.warning(
-        "compiling the decoding step for %s once (about half a minute)", search
-    )
+    logger.warning("compiling %s once (about half a minute)", program)
     partial = path.with_suffix(".partial.pt2")
     try:
-        compile_decoding_step(model, partial, precision, beams)
+        compile_program(model, program, partial, precision)
     except ValueError:
         raise
     except Exception as error:  # the compiler's or exporter's own errors
         partial.unlink(missing_ok=True)
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         raise CompileError(
-            f"could not compile the decoding step ({type(error).__name__}: "
-            f"{first_line}); it needs a C++ compiler (g++): install one, or run "
-            "without --compiled"
+            f"could not compile {program} ({type(error).__name__}: {first_line}); "
+            "run without --compiled (compiling needs a C++ compiler such as g++)"
         ) from error
     partial.replace(path)  # whole packages only, even if interrupted
     return path
@@ -363,7 +540,7 @@ def for_compiled_inference(
     directory: Path,
     beam_sizes: Sequence[int] = (1,),
 ) -> Seq2SeqTransformer:
-    """``runtime.for_inference``, with ``decode_step`` run by compiled steps.
+    """``runtime.for_inference``, with ``encode`` and ``decode_step`` compiled.
 
     Args:
         model: A model as loaded, on the CPU (converted in place, as by
@@ -381,9 +558,12 @@ def for_compiled_inference(
     if device.type != "cpu":
         raise ValueError(f"a compiled step runs on the CPU, not {device}")
     packages = {
-        beams: compiled_step_package(model, directory, precision, beams)
-        for beams in sorted(set(beam_sizes))
+        program: compiled_package(model, directory, precision, program)
+        for program in programs(beam_sizes)
     }
+    lengths = encoder_lengths(model, precision)
     model = for_inference(model, precision)
-    model.decode_step = CompiledStep(packages, model.decode_step)
+    model.encode = CompiledEncoder(packages["encoder"], model.encode, lengths)
+    steps = {g: packages[step_program(g)] for g in set(beam_sizes)}
+    model.decode_step = CompiledStep(packages["first_step"], steps, model.decode_step)
     return model

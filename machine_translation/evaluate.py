@@ -136,8 +136,8 @@ def evaluate(
 
     ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
     ``workers``: batches decoded at once (``translate_token_ids``).
-    ``compiled``: decode with the step compiled ahead of time for each beam size
-    (CPU; :mod:`machine_translation.compiled_step`), kept beside the checkpoint.
+    ``compiled``: encode and decode with programs compiled ahead of time (CPU;
+    :mod:`machine_translation.compiled_step`), kept beside the checkpoint.
 
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="CPU: decode with the step compiled ahead of time (built once, ~30 s)",
+        help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")

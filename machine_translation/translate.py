@@ -18,9 +18,10 @@ With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>`
 (``--temperature``, ``--top-k``, ``--top-p``; ``--seed`` makes it reproducible)
 instead of searching for the most likely one. ``--workers 2`` decodes two batches
 at once, each on half the CPU threads: faster for greedy search over many sentences
-on a CPU (``bench/README.md``). ``--compiled`` decodes with the step compiled ahead
-of time (``machine_translation.compiled_step``; built once per model into
-``compiled/`` beside the checkpoint, about half a minute, with a C++ compiler).
+on a CPU (``bench/README.md``). ``--compiled`` encodes and decodes with programs
+compiled ahead of time (``machine_translation.compiled_step``; built once per model
+and beam size into ``compiled/`` beside the checkpoint, about a minute, with a C++
+compiler).
 A missing or unreadable checkpoint is one line on standard error and exit code 2.
 (Arguments are parsed with argparse: Hydra's override syntax would reject a bare
 sentence such as ``Hello``.)
@@ -76,7 +77,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="CPU: decode with the step compiled ahead of time (built once, ~30 s)",
+        help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32")

@@ -175,14 +175,14 @@ class Translator:
         adapter: LoRA adapters to merge into ``checkpoint`` (their base).
         workers: Batches decoded at once, each on its own thread (on a CPU, share
             the cores among them: ``runtime.share_cpu_threads``).
-        compiled: Decode with the step compiled ahead of time
+        compiled: Encode and decode with programs compiled ahead of time
             (:mod:`machine_translation.compiled_step`) for ``beam_size``, kept in a
             ``compiled`` folder beside the checkpoint and built there first if
-            missing. CPU only.
+            missing. CPU only; one worker.
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
-        CompileError: ``compiled`` and the step could not be compiled.
+        CompileError: ``compiled`` and a program could not be compiled.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The decoding step compiled ahead of time decodes as the eager model does."""
+"""The encoder and decoding steps compiled ahead of time decode as the eager model."""
 
 import copy
 import shutil
@@ -9,9 +9,10 @@ from test_translate import run_translate
 
 from encoder_transformer.config import TransformerConfig
 from machine_translation.compiled_step import (
-    CompiledStep,
-    compiled_step_package,
+    compiled_package,
+    for_compiled_inference,
     package_path,
+    programs,
 )
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import for_inference
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*script_method:DeprecationWarni
 
 
 @pytest.fixture(scope="module")
-def tiny_model_and_package(tmp_path_factory):
-    """A tiny random fp32 model (GQA) and its compiled steps for greedy search and
-    beam size 3 (~20 s each to compile)."""
+def tiny_model_and_packages(tmp_path_factory):
+    """A tiny random fp32 model (GQA) and its compiled programs for greedy search
+    and beam size 3 (~15 s each to compile)."""
     torch.manual_seed(0)
     config = TransformerConfig(
         vocab_size=37,
@@ -43,40 +44,46 @@ def tiny_model_and_package(tmp_path_factory):
         model.decoder.embedding.tokens.weight[EOS] += 0.5
     folder = tmp_path_factory.mktemp("compiled")
     packages = {
-        beams: compiled_step_package(model, folder, "fp32", beams) for beams in (1, 3)
+        program: compiled_package(model, folder, "fp32", program)
+        for program in programs([1, 3])
     }
     return model, packages
 
 
+def counting(run, counts: dict, name: str):
+    """``run``, counting its calls in ``counts[name]``."""
+    counts[name] = 0
+
+    def counted(*inputs):
+        counts[name] += 1
+        return run(*inputs)
+
+    return counted
+
+
 def eager_and_compiled(model, packages):
-    """The model in eager mode and with compiled steps that count their runs."""
+    """The model in eager mode and with compiled programs that count their runs."""
     eager = for_inference(copy.deepcopy(model), "fp32")
-    compiled = for_inference(copy.deepcopy(model), "fp32")
-    step = CompiledStep(packages, compiled.decode_step)
-    step.counts = dict.fromkeys(step.runs, 0)
-
-    def counting(beams, run):
-        def counted(*inputs):
-            step.counts[beams] += 1
-            return run(*inputs)
-
-        return counted
-
-    step.runs = {beams: counting(beams, run) for beams, run in step.runs.items()}
-    compiled.decode_step = step
+    folder = next(iter(packages.values())).parent  # compiled: loaded, not built
+    compiled = for_compiled_inference(copy.deepcopy(model), "fp32", folder, [1, 3])
+    counts = compiled.counts = {}
+    encoder, step = compiled.encode, compiled.decode_step
+    encoder.run = counting(encoder.run, counts, "encoder")
+    step.first_step = counting(step.first_step, counts, "first_step")
+    step.steps = {g: counting(run, counts, g) for g, run in step.steps.items()}
     return eager, compiled
 
 
-def random_sources(count=12, vocabulary=37):
+def random_sources(count=12, vocabulary=37, longest=14):
     torch.manual_seed(1)
-    lengths = torch.randint(2, 15, (count,)).tolist()
+    lengths = torch.randint(2, longest + 1, (count,)).tolist()
     sources = [torch.randint(3, vocabulary, (n,)) for n in lengths]
     batch = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True)
     return batch, batch != PAD
 
 
-def test_compiled_step_gives_the_eager_logits(tiny_model_and_package):
-    eager, compiled = eager_and_compiled(*tiny_model_and_package)
+def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
+    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
     sources, mask = random_sources()
     tokens = torch.randint(3, 37, (sources.size(0), 20))  # the caches grow at 16
     with torch.inference_mode():
@@ -87,16 +94,27 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_package):
             expected = eager.decode_step(step, states, mask, caches[0])
             actual = compiled.decode_step(step, states, mask, caches[1])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-        assert compiled.decode_step.counts == {1: 19, 3: 0}  # all but the first
+        assert compiled.counts == {"encoder": 0, "first_step": 1, 1: 19, 3: 0}
         pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
         for ours, theirs in pairs:
             torch.testing.assert_close(ours.read(), theirs.read())
 
 
+def test_compiled_encoder_gives_the_eager_states(tiny_model_and_packages):
+    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
+    with torch.inference_mode():
+        for longest, runs in ((30, 1), (14, 1)):  # fp32: 17 tokens and more
+            sources, mask = random_sources(longest=longest)
+            expected = eager.encode(sources, mask)
+            actual = compiled.encode(sources, mask)
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+            assert compiled.counts["encoder"] == runs  # shorter: eager
+
+
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_compiled_search_equals_eager_search(tiny_model_and_package, beam_size):
-    eager, compiled = eager_and_compiled(*tiny_model_and_package)
-    sources, mask = random_sources()
+def test_compiled_search_equals_eager_search(tiny_model_and_packages, beam_size):
+    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
+    sources, mask = random_sources(longest=30)
     settings = {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD}
     if beam_size == 1:
         expected = greedy_search(eager, sources, mask, **settings)
@@ -110,20 +128,21 @@ def test_compiled_search_equals_eager_search(tiny_model_and_package, beam_size):
     best = [row[0] for row in expected] if beam_size > 1 else expected
     assert len({len(tokens) for tokens in best}) > 2  # sentences end at other steps
     assert actual == expected
-    assert compiled.decode_step.counts[beam_size] > 0
+    assert compiled.counts["encoder"] == compiled.counts["first_step"] == 1
+    assert compiled.counts[beam_size] > 0
 
 
-def test_a_package_belongs_to_its_weights_and_search(tiny_model_and_package):
-    model, packages = tiny_model_and_package
-    package = packages[1]
-    assert package_path(model, package.parent, "fp32") == package
-    assert package_path(model, package.parent, "bf16") != package
-    assert package_path(model, package.parent, "fp32", beams=3) == packages[3]
-    assert packages[3] != package
+def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
+    model, packages = tiny_model_and_packages
+    package = packages["step_beams1"]
+    folder = package.parent
+    assert package_path(model, folder, "fp32", "step_beams1") == package
+    assert package_path(model, folder, "bf16", "step_beams1") != package
+    assert len(set(packages.values())) == len(programs([1, 3])) == 4
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
-    assert package_path(changed, package.parent, "fp32") != package
+    assert package_path(changed, folder, "fp32", "step_beams1") != package
 
 
 def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
@@ -132,9 +151,10 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     arguments = ["--checkpoint", str(checkpoint), "--compiled", "--beam", "1"]
     first = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert first.returncode == 0, first.stderr
-    assert "compiling the decoding step for greedy search" in first.stderr
+    assert "compiling step_beams1 once" in first.stderr
     assert len(first.stdout.splitlines()) == 2
-    assert list((checkpoint.parent / "compiled").glob("decoding_step_*.pt2"))
+    built = sorted(path.name for path in (checkpoint.parent / "compiled").iterdir())
+    assert [name.split("_bf16_")[0] for name in built] == programs([1])
     again = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
