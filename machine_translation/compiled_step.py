@@ -272,64 +272,89 @@ def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int
     return 1, min(model.config.max_positions, CPU_MATH_KERNEL_MAX_KEYS)
 
 
+# The example sizes an export traces with (any in the ranges below would do).
+SOURCES, TARGET_LENGTH, CAPACITY, SOURCE_LENGTH = 3, 5, 9, 7
+
+
 def export_program(
     model: Seq2SeqTransformer, program: str
 ) -> torch.export.ExportedProgram:
-    """``program`` of ``model`` (on the CPU, in its precision) as exported.
+    """``program`` (one of :func:`programs`) of ``model``, on the CPU in its
+    precision, exported for every size that varies: sentences, source and target
+    lengths, cache capacities (the hypotheses per sentence are the program's)."""
+    if program == "encoder":
+        return export_encoder(model)
+    if program == "first_step":
+        return export_first_step(model)
+    return export_later_step(model, int(program.removeprefix("step_beams")))
 
-    Example inputs come with the sizes that vary: sentences, hypotheses per
-    sentence (fixed per program), source and target lengths, cache capacities.
-    """
+
+def sentences_dim() -> torch.export.Dim:
+    return torch.export.Dim("sources", min=1, max=MOST_SOURCES)
+
+
+def export_encoder(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+    """:class:`Encoding` for the source lengths of :func:`encoder_lengths`."""
+    dtype = next(model.parameters()).dtype
+    shortest, longest = encoder_lengths(
+        model, "fp32" if dtype == torch.float32 else "bf16"
+    )
+    length = min(shortest + 2, longest)
+    source_ids = torch.randint(3, model.config.vocab_size, (SOURCES, length))
+    source_mask = torch.ones(SOURCES, length, dtype=torch.bool)
+    source = torch.export.Dim("source", min=shortest, max=longest)
+    dims = {0: sentences_dim(), 1: source}
+    return torch.export.export(
+        Encoding(model), (source_ids, source_mask), dynamic_shapes=(dims, dims)
+    )
+
+
+def export_first_step(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+    """:class:`FirstStep`, one row per sentence."""
     config, dtype = model.config, next(model.parameters()).dtype
+    example = (
+        torch.randint(3, config.vocab_size, (SOURCES, 1)),
+        torch.randn(SOURCES, SOURCE_LENGTH, config.d_model).to(dtype),
+        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+    )
+    sentences = sentences_dim()
+    source = torch.export.Dim("source", min=1, max=config.max_positions)
+    dims = ({0: sentences}, {0: sentences, 1: source}, {0: sentences, 1: source})
+    return torch.export.export(FirstStep(model), example, dynamic_shapes=dims)
+
+
+def export_later_step(
+    model: Seq2SeqTransformer, beams: int
+) -> torch.export.ExportedProgram:
+    """:class:`DecodingStep` for ``beams`` hypotheses per sentence."""
+    config = model.config
     kv_heads = config.n_kv_heads or config.n_heads
     width = config.d_model // config.n_heads
     n = len(model.decoder.blocks)
-    sources, length, capacity, source_length = 3, 5, 9, 7
-    source_mask = torch.ones(sources, source_length, dtype=torch.bool)
-    most = torch.export.Dim("sources", min=1, max=MOST_SOURCES)
-    longest = 4 * config.max_positions  # cache buffers grow by doubling
-    if program == "encoder":
-        precision = "fp32" if dtype == torch.float32 else "bf16"
-        shortest, longest_source = encoder_lengths(model, precision)
-        length = min(shortest + 2, longest_source)
-        source_ids = torch.randint(3, config.vocab_size, (sources, length))
-        mask = torch.ones(sources, length, dtype=torch.bool)
-        source = torch.export.Dim("source", min=shortest, max=longest_source)
-        dims = {0: most, 1: source}
-        return torch.export.export(
-            Encoding(model), (source_ids, mask), dynamic_shapes=(dims, dims)
-        )
-    source = torch.export.Dim("source", min=1, max=config.max_positions)
-    if program == "first_step":
-        example = (
-            torch.randint(3, config.vocab_size, (sources, 1)),
-            torch.randn(sources, source_length, config.d_model).to(dtype),
-            source_mask,
-        )
-        dims = ({0: most}, {0: most, 1: source}, {0: most, 1: source})
-        return torch.export.export(FirstStep(model), example, dynamic_shapes=dims)
-    beams = int(program.removeprefix("step_beams"))
-    # Example caches: on a CPU they are fp32 (``cache.storage_dtype``).
-    own = (beams * sources, kv_heads, capacity, width)
-    cross = (sources, kv_heads, source_length + 1, width)
+    # Caches on a CPU are fp32 (``cache.storage_dtype``).
+    own = (beams * SOURCES, kv_heads, CAPACITY, width)
+    cross = (SOURCES, kv_heads, SOURCE_LENGTH + 1, width)
     example = (
-        torch.randint(3, config.vocab_size, (beams * sources, 1)),
-        source_mask,
-        torch.empty(()).expand(length),
+        torch.randint(3, config.vocab_size, (beams * SOURCES, 1)),
+        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+        torch.empty(()).expand(TARGET_LENGTH),
         tuple(
             [torch.randn(own) for _ in range(2 * n)]
             + [torch.randn(cross) for _ in range(2 * n)]
         ),
     )
-    rows = beams * most if beams > 1 else most
+    sentences = sentences_dim()
+    rows = beams * sentences if beams > 1 else sentences
+    longest = 4 * config.max_positions  # cache buffers grow by doubling
+    source = torch.export.Dim("source", min=1, max=config.max_positions)
     target = torch.export.Dim("target", min=1, max=config.max_positions - 1)
     own_capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
     cross_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
     own_dims = {0: rows, 2: own_capacity}
-    cross_dims = {0: most, 2: cross_capacity}
+    cross_dims = {0: sentences, 2: cross_capacity}
     dims = (
         {0: rows},
-        {0: most, 1: source},
+        {0: sentences, 1: source},
         {0: target},
         tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
     )
