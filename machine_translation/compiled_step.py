@@ -54,12 +54,6 @@ from machine_translation.runtime import for_inference, precision_dtype
 
 logger = logging.getLogger(__name__)
 
-# Why decoding threads (``translate_token_ids(workers=...)``) do not add up here.
-ONE_BATCH_AT_A_TIME = (
-    "a compiled step decodes one batch at a time (it holds Python's interpreter "
-    "lock while it runs): use one worker"
-)
-
 # Bounds the exported step is built for: the most sentences in a batch, and the
 # fewest positions a self-attention buffer may have (the exporter's own bound).
 MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3
@@ -564,6 +558,7 @@ def for_compiled_inference(
     precision: str,
     directory: Path,
     beam_sizes: Sequence[int] = (1,),
+    workers: int = 1,
 ) -> Seq2SeqTransformer:
     """``runtime.for_inference``, with ``encode`` and ``decode_step`` compiled.
 
@@ -573,12 +568,19 @@ def for_compiled_inference(
         precision: ``bf16`` or ``fp32``.
         directory: Where the packages are kept (compiled there first if missing).
         beam_sizes: The searches to compile a step for (1 = greedy).
+        workers: The decoding threads that will use it
+            (``translate_token_ids(workers=...)``): only 1 is allowed.
 
     Raises:
         ValueError: the model is not on the CPU, or not covered (see
-            :func:`check_supported`).
+            :func:`check_supported`), or ``workers`` is not 1.
         CompileError: compiling failed.
     """
+    if workers != 1:  # the threads would take turns, each with fewer cores
+        raise ValueError(
+            f"workers={workers}: a compiled step decodes one batch at a time (it "
+            "holds Python's interpreter lock while it runs): use one worker"
+        )
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"a compiled step runs on the CPU, not {device}")

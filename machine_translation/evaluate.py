@@ -32,11 +32,7 @@ from machine_translation.checkpoint import (
     checkpoint_argument,
     load_translation_model,
 )
-from machine_translation.compiled_step import (
-    ONE_BATCH_AT_A_TIME,
-    CompileError,
-    for_compiled_inference,
-)
+from machine_translation.compiled_step import CompileError, for_compiled_inference
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
 from machine_translation.runtime import (
@@ -142,12 +138,10 @@ def evaluate(
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
-    if compiled and workers != 1:
-        raise ValueError(f"--workers {workers}: {ONE_BATCH_AT_A_TIME}")
     model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
     if compiled:
         folder = (adapter or checkpoint).parent / "compiled"
-        model = for_compiled_inference(model, precision, folder, beam_sizes)
+        model = for_compiled_inference(model, precision, folder, beam_sizes, workers)
     else:
         model = for_inference(model, precision)
     limit = model.config.max_positions

@@ -25,10 +25,7 @@ from pathlib import Path
 import torch
 
 from machine_translation.checkpoint import load_translation_model
-from machine_translation.compiled_step import (
-    ONE_BATCH_AT_A_TIME,
-    for_compiled_inference,
-)
+from machine_translation.compiled_step import for_compiled_inference
 from machine_translation.data import collate
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
@@ -209,8 +206,6 @@ class Translator:
             raise ValueError(f"sampling needs beam_size=1, got beam_size={beam_size}")
         if workers < 1 or (sampling is not None and workers != 1):
             raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
-        if compiled and workers != 1:
-            raise ValueError(f"workers={workers}: {ONE_BATCH_AT_A_TIME}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         model, self.tokenizer, _ = load_translation_model(
@@ -219,7 +214,7 @@ class Translator:
         if compiled:
             folder = Path(adapter or checkpoint).parent / "compiled"
             self.model = for_compiled_inference(
-                model, self.precision, folder, [beam_size]
+                model, self.precision, folder, [beam_size], workers
             )
         else:
             self.model = for_inference(model, self.precision)
