@@ -37,12 +37,13 @@ with ``translate_token_ids(workers=N)``, CTranslate2 with ``inter_threads=N,
 intra_threads=threads / N``. Hugging Face ``generate`` has no such option and runs
 as without it.
 
-``--compiled`` adds ours with the decoding step compiled ahead of time (bf16,
-``machine_translation.compiled_step``), one batch at a time on all threads whatever
-``--workers`` says: a compiled step holds Python's interpreter lock while it runs,
-so two workers ran it at 0.6-0.8x of one. Its packages are built in the first
-round's process (about half a minute each, before the timing) and loaded by the
-later ones.
+``--compiled`` adds ours with the encoder and decoding steps compiled ahead of time
+(bf16, ``machine_translation.compiled_step``): one batch at a time on all threads,
+and with ``--workers N`` also on N worker processes of ``threads / N`` threads
+(``machine_translation.decoding_processes``: a compiled program holds Python's
+interpreter lock while it runs, so threads would take turns). The processes start
+before the timing. The packages are built in the first round's process (about half
+a minute each, before the timing) and loaded by the later ones.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from machine_translation.checkpoint import (  # noqa: E402
 )
 from machine_translation.compiled_step import for_compiled_inference  # noqa: E402
 from machine_translation.data import collate  # noqa: E402
+from machine_translation.decoding_processes import DecodingProcesses  # noqa: E402
 from machine_translation.evaluate import builtin_test_set, score  # noqa: E402
 from machine_translation.runtime import for_inference  # noqa: E402
 from machine_translation.translator import translate_token_ids  # noqa: E402
@@ -88,16 +90,23 @@ class Setting:
     precision: str
     translate: Callable[[list[list[int]]], list[str]] | None  # source ids → texts
     threads: int | None = None  # PyTorch's threads while it runs (None: as set)
+    warm_up: int = 8  # sentences translated before the timing
     seconds: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
 
 def ours(
-    model, tokenizer, precision, beam, batch, workers=1, compiled_in=None
+    model, tokenizer, precision, beam, batch, workers=1, compiled_in=None, threads=1
 ) -> Callable:
-    """Our translation path; with ``compiled_in`` (a folder), the compiled step."""
+    """Our translation path; with ``compiled_in`` (a folder), the compiled programs,
+    on ``workers`` processes of ``threads`` threads each if ``workers > 1``."""
+    processes = None
     if compiled_in is None:
         model = for_inference(copy.deepcopy(model), precision)
+    elif workers > 1:
+        processes = DecodingProcesses(
+            model, precision, compiled_in, [beam], workers, threads
+        )
     else:
         model = for_compiled_inference(
             copy.deepcopy(model), precision, compiled_in, [beam]
@@ -113,6 +122,7 @@ def ours(
             beam_size=beam,
             batch_size=batch,
             workers=workers,
+            processes=processes,
         )
         return [candidates[0].text for candidates in translations]
 
@@ -187,13 +197,25 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
             threads = max(1, args.threads // args.workers)  # the workers share them
             setting = Setting("ours", search, batch, precision, translate, threads)
             settings.append(setting)
-        if args.compiled:  # one batch at a time (see the docstring)
-            for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
-                folder = workdir / "compiled"  # built by the first round
-                translate = ours(model, tokenizer, "bf16", beam, batch, 1, folder)
-                setting = Setting(
-                    "ours", search, batch, "bf16 compiled", translate, args.threads
+        if args.compiled:  # one process, then `workers` processes
+            folder = workdir / "compiled"  # built by the first round
+            for (search, beam), batch, workers in (
+                (s, b, w)
+                for s in searches
+                for b in (64, 1)
+                for w in sorted({1, args.workers})
+            ):
+                threads = max(1, args.threads // workers)
+                translate = ours(
+                    model, tokenizer, "bf16", beam, batch, workers, folder, threads
                 )
+                precision = "bf16 compiled" + (
+                    f", {workers} processes" if workers > 1 else ""
+                )
+                setting = Setting(
+                    "ours", search, batch, precision, translate, args.threads
+                )
+                setting.warm_up = max(8, 2 * workers * batch)  # every process
                 settings.append(setting)
     if "hf" in args.systems:
         if not installed("transformers"):
@@ -274,7 +296,7 @@ def main() -> None:
     if args.keep_freed_memory:
         print("every process keeps freed memory (glibc's mallopt)")
     if args.compiled:
-        print("ours also with the compiled step (bf16, one batch at a time)")
+        print("ours also with the compiled programs (bf16)")
     if args.workers > 1:
         print(f"ours and CTranslate2 decode {args.workers} batches at once")
     settings: dict[tuple, Setting] = {}
@@ -316,7 +338,7 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
     settings = build_settings(args, model, tokenizer, workdir)
     for setting in settings:  # warm-up: first calls allocate and pick kernels
         torch.set_num_threads(setting.threads or torch.get_num_threads())
-        setting.translate(source_ids[:8])
+        setting.translate(source_ids[: setting.warm_up])
     results = []
     for setting in settings:
         torch.set_num_threads(setting.threads or torch.get_num_threads())

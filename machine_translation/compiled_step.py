@@ -553,6 +553,37 @@ def compiled_package(
     return path
 
 
+def compiled_packages(
+    model: Seq2SeqTransformer,
+    directory: Path,
+    precision: str,
+    beam_sizes: Sequence[int] = (1,),
+) -> dict[str, Path]:
+    """The packages of every program the searches need, compiled where missing.
+
+    Args:
+        model: A translation model as loaded, on the CPU.
+        directory: Where packages are kept.
+        precision: ``bf16`` or ``fp32``.
+        beam_sizes: The searches to compile a step for (1 = greedy).
+
+    Returns:
+        The package of each of :func:`programs`, by program.
+
+    Raises:
+        ValueError: the model is not on the CPU, or not covered (see
+            :func:`check_supported`).
+        CompileError: compiling failed.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"a compiled step runs on the CPU, not {device}")
+    return {
+        program: compiled_package(model, directory, precision, program)
+        for program in programs(beam_sizes)
+    }
+
+
 def for_compiled_inference(
     model: Seq2SeqTransformer,
     precision: str,
@@ -569,7 +600,9 @@ def for_compiled_inference(
         directory: Where the packages are kept (compiled there first if missing).
         beam_sizes: The searches to compile a step for (1 = greedy).
         workers: The decoding threads that will use it
-            (``translate_token_ids(workers=...)``): only 1 is allowed.
+            (``translate_token_ids(workers=...)``): only 1 is allowed; several
+            workers decode in processes of their own
+            (:mod:`machine_translation.decoding_processes`).
 
     Raises:
         ValueError: the model is not on the CPU, or not covered (see
@@ -578,16 +611,11 @@ def for_compiled_inference(
     """
     if workers != 1:  # the threads would take turns, each with fewer cores
         raise ValueError(
-            f"workers={workers}: a compiled step decodes one batch at a time (it "
-            "holds Python's interpreter lock while it runs): use one worker"
+            f"workers={workers}: a compiled step holds Python's interpreter lock "
+            "while it runs, so threads would take turns: decode in worker "
+            "processes instead (machine_translation.decoding_processes)"
         )
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        raise ValueError(f"a compiled step runs on the CPU, not {device}")
-    packages = {
-        program: compiled_package(model, directory, precision, program)
-        for program in programs(beam_sizes)
-    }
+    packages = compiled_packages(model, directory, precision, beam_sizes)
     lengths = encoder_lengths(model, precision)
     model = for_inference(model, precision)
     model.encode = CompiledEncoder(packages["encoder"], model.encode, lengths)

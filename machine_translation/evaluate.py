@@ -35,12 +35,15 @@ from machine_translation.checkpoint import (
 from machine_translation.compiled_step import CompileError, for_compiled_inference
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
+from machine_translation.decoding_processes import DecodingProcesses
+from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
     for_inference,
     resolve_device,
     resolve_precision,
     share_cpu_threads,
 )
+from machine_translation.tokenizer import BPETokenizer
 from machine_translation.translator import translate_token_ids
 
 
@@ -131,19 +134,55 @@ def evaluate(
     """Translates each test set with each beam size (1 = greedy) and scores it.
 
     ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
-    ``workers``: batches decoded at once (``translate_token_ids``).
+    ``workers``: batches decoded at once (``translate_token_ids``; share the CPU
+    threads among them first, ``runtime.share_cpu_threads``).
     ``compiled``: encode and decode with programs compiled ahead of time (CPU;
-    :mod:`machine_translation.compiled_step`), kept beside the checkpoint.
+    :mod:`machine_translation.compiled_step`), kept beside the checkpoint; several
+    ``workers`` are then processes (:mod:`machine_translation.decoding_processes`).
 
     Returns:
         Scores by (test set name, beam size); hypotheses go to ``output_dir``.
     """
     model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
-    if compiled:
-        folder = (adapter or checkpoint).parent / "compiled"
-        model = for_compiled_inference(model, precision, folder, beam_sizes, workers)
+    folder = (adapter or checkpoint).parent / "compiled"
+    processes = None
+    if compiled and workers > 1:  # the workers decode; this model gives sizes
+        processes = DecodingProcesses(
+            model, precision, folder, beam_sizes, workers, torch.get_num_threads()
+        )
+    elif compiled:
+        model = for_compiled_inference(model, precision, folder, beam_sizes)
     else:
         model = for_inference(model, precision)
+    try:
+        return translate_and_score(
+            model,
+            tokenizer,
+            test_sets,
+            device,
+            precision,
+            beam_sizes,
+            output_dir,
+            workers,
+            processes,
+        )
+    finally:
+        if processes is not None:
+            processes.close()
+
+
+def translate_and_score(
+    model: Seq2SeqTransformer,
+    tokenizer: BPETokenizer,
+    test_sets: list[TestSet],
+    device: torch.device,
+    precision: str,
+    beam_sizes: list[int],
+    output_dir: Path | None,
+    workers: int,
+    processes: DecodingProcesses | None,
+) -> dict[tuple[str, int], Scores]:
+    """The loop of :func:`evaluate`, with the model ready (or the worker processes)."""
     limit = model.config.max_positions
     results = {}
     for test_set in test_sets:
@@ -157,6 +196,7 @@ def evaluate(
                 precision,
                 beam_size=beam_size,
                 workers=workers,
+                processes=processes,
             )
             hypotheses = [candidates[0].text for candidates in translations]
             if output_dir is not None:

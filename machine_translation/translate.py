@@ -21,7 +21,8 @@ at once, each on half the CPU threads: faster for greedy search over many senten
 on a CPU (``bench/README.md``). ``--compiled`` encodes and decodes with programs
 compiled ahead of time (``machine_translation.compiled_step``; built once per model
 and beam size into ``compiled/`` beside the checkpoint, about a minute, with a C++
-compiler).
+compiler); with ``--workers`` its workers are processes, which take a few seconds
+to start.
 A missing or unreadable checkpoint is one line on standard error and exit code 2.
 (Arguments are parsed with argparse: Hydra's override syntax would reject a bare
 sentence such as ``Hello``.)
@@ -42,7 +43,7 @@ from machine_translation.checkpoint import (
     checkpoint_argument,
 )
 from machine_translation.compiled_step import CompileError
-from machine_translation.runtime import share_cpu_threads
+from machine_translation.runtime import resolve_device, share_cpu_threads
 from machine_translation.search import Sampling
 from machine_translation.translator import Translation, Translator
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = checkpoint_argument(args)
         sampling, beam_size = sampling_settings(args)
+        share_cpu_threads(args.workers, resolve_device(args.device))
         translator = Translator(
             checkpoint,
             args.device,
@@ -179,17 +181,25 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             compiled=args.compiled,
         )
-        share_cpu_threads(args.workers, translator.device)
     except (CheckpointError, CompileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        translate_input(translator, args)
+    finally:
+        translator.close()
+    return 0
+
+
+def translate_input(translator: Translator, args: argparse.Namespace) -> None:
+    """Prints the translations of the arguments, of the terminal, or of stdin."""
     if args.sentences:
         outputs = translator.translate(args.sentences)
         print("\n".join(format_translations(outputs, args.nbest)))
-        return 0
+        return
     if sys.stdin.isatty():
         interactive(translator, args.nbest)
-        return 0
+        return
     # A pipe: translate as lines arrive, a few batches at a time, in input order.
     # Lines end at "\n" only (not at a lone "\r"), so the line count is kept, and
     # bytes that are not UTF-8 become U+FFFD instead of stopping the run.
@@ -201,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         sys.stdout.flush()
         done += len(chunk)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ CTranslate2's ``inter_threads``). A decoding step is many small operations, and 
 cores each running a whole batch on its own waste less time waiting for each other
 than both cores sharing every small operation. PyTorch's kernels release Python's
 interpreter lock, so the threads do run in parallel; give each its share of the
-cores (``torch.set_num_threads(cores // workers)``, as the commands do).
+cores (``torch.set_num_threads(cores // workers)``, as the commands do). Compiled
+programs hold that lock, so with them the workers are processes
+(:mod:`machine_translation.decoding_processes`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +30,7 @@ import torch
 from machine_translation.checkpoint import load_translation_model
 from machine_translation.compiled_step import for_compiled_inference
 from machine_translation.data import collate
+from machine_translation.decoding_processes import DecodingProcesses
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
     for_inference,
@@ -48,7 +52,67 @@ class Translation:
     score: float | None = None
 
 
-@torch.no_grad()
+# A batch's candidates: for each source, (token ids, beam score or None) pairs.
+Candidates = list[list[tuple[list[int], float | None]]]
+
+
+@torch.no_grad()  # (grad mode and autocast are per thread: set here)
+def search_batch(
+    model: Seq2SeqTransformer,
+    sources: Sequence[Sequence[int]],
+    *,
+    special_ids: tuple[int, int, int],
+    device: torch.device,
+    precision: str,
+    beam_size: int = 1,
+    nbest: int = 1,
+    alpha: float = 1.0,
+    max_length_a: float = 1.5,
+    max_length_b: int = 10,
+    sampling: Sampling | None = None,
+    generator: torch.Generator | None = None,
+) -> Candidates:
+    """Searches the translations of one batch of sources (token ids, no BOS/EOS).
+
+    ``special_ids`` are ``(pad_id, bos_id, eos_id)``; the rest as
+    :func:`translate_token_ids`. Returns, per source, the candidates' token ids
+    (and beam scores; None from greedy search or sampling).
+    """
+    pad_id, bos_id, eos_id = special_ids
+    batch = collate(
+        sources, [[] for _ in sources], pad_id=pad_id, bos_id=bos_id, eos_id=eos_id
+    ).to(device)
+    settings = {
+        "bos_id": bos_id,
+        "eos_id": eos_id,
+        "pad_id": pad_id,
+        "max_length_a": max_length_a,
+        "max_length_b": max_length_b,
+        "max_length": model.config.max_positions,
+    }
+    with inference_precision(model, device, precision):
+        if beam_size == 1:
+            outputs = greedy_search(
+                model,
+                batch.source_ids,
+                batch.source_mask,
+                sampling=sampling,
+                generator=generator,
+                **settings,
+            )
+            return [[(tokens, None)] for tokens in outputs]
+        hypotheses = beam_search(
+            model,
+            batch.source_ids,
+            batch.source_mask,
+            beam_size=beam_size,
+            nbest=nbest,
+            alpha=alpha,
+            **settings,
+        )
+        return [[(h.tokens, h.score) for h in row] for row in hypotheses]
+
+
 def translate_token_ids(
     model: Seq2SeqTransformer,
     tokenizer: BPETokenizer,
@@ -65,6 +129,7 @@ def translate_token_ids(
     sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
     workers: int = 1,
+    processes: DecodingProcesses | None = None,
 ) -> list[list[Translation]]:
     """Translations of tokenized sources, in input order; ``nbest`` per source.
 
@@ -86,62 +151,42 @@ def translate_token_ids(
         workers: Batches decoded at once, each on its own thread (the outputs are
             the same; on a CPU, share the cores among them: see the module's
             docstring). Sampling needs 1, so that a seed gives the same samples.
+        processes: Decode on these worker processes (with compiled programs)
+            instead of with ``model`` here; ``workers`` is then ignored.
     """
     if sampling is not None and beam_size != 1:
         raise ValueError(f"sampling draws one output: use beam_size=1, not {beam_size}")
     if workers < 1 or (sampling is not None and workers != 1):
         raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
+    if sampling is not None and processes is not None:
+        raise ValueError("sampling runs in this process, not on worker processes")
     model.eval()
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
-    settings = {
-        "bos_id": tokenizer.bos_id,
-        "eos_id": tokenizer.eos_id,
-        "pad_id": tokenizer.pad_id,
-        "max_length_a": max_length_a,
-        "max_length_b": max_length_b,
-        "max_length": model.config.max_positions,
-    }
-
-    @torch.no_grad()  # (grad mode and autocast are per thread: set here)
-    def decode(rows: list[int]) -> list[list[tuple[list[int], float | None]]]:
-        """Token ids (and beam scores) of the candidates of sources ``rows``."""
-        batch = collate(
-            [source_ids[i] for i in rows],
-            [[] for _ in rows],
-            pad_id=tokenizer.pad_id,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-        ).to(device)
-        with inference_precision(model, device, precision):
-            if beam_size == 1:
-                outputs = greedy_search(
-                    model,
-                    batch.source_ids,
-                    batch.source_mask,
-                    sampling=sampling,
-                    generator=generator,
-                    **settings,
-                )
-                return [[(tokens, None)] for tokens in outputs]
-            hypotheses = beam_search(
-                model,
-                batch.source_ids,
-                batch.source_mask,
-                beam_size=beam_size,
-                nbest=nbest,
-                alpha=alpha,
-                **settings,
-            )
-            return [[(h.tokens, h.score) for h in row] for row in hypotheses]
-
     batches = [
         order[start : start + batch_size] for start in range(0, len(order), batch_size)
     ]
-    if workers == 1:
-        decoded = [decode(rows) for rows in batches]
+    sources = [[source_ids[i] for i in rows] for rows in batches]
+    options = {
+        "special_ids": (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id),
+        "device": device,
+        "precision": precision,
+        "beam_size": beam_size,
+        "nbest": nbest,
+        "alpha": alpha,
+        "max_length_a": max_length_a,
+        "max_length_b": max_length_b,
+    }
+    if processes is not None:
+        decoded = processes.map(search_batch, sources, **options)
     else:
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(decode, batches))
+        search = partial(
+            search_batch, model, sampling=sampling, generator=generator, **options
+        )
+        if workers == 1:
+            decoded = [search(batch) for batch in sources]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                decoded = list(pool.map(search, sources))
     results: list[list[Translation]] = [[] for _ in source_ids]
     for rows, found in zip(batches, decoded, strict=True):
         for row, candidates in zip(rows, found, strict=True):
@@ -171,11 +216,12 @@ class Translator:
             draws a fresh one.
         adapter: LoRA adapters to merge into ``checkpoint`` (their base).
         workers: Batches decoded at once, each on its own thread (on a CPU, share
-            the cores among them: ``runtime.share_cpu_threads``).
+            the cores among them first: ``runtime.share_cpu_threads``).
         compiled: Encode and decode with programs compiled ahead of time
             (:mod:`machine_translation.compiled_step`) for ``beam_size``, kept in a
             ``compiled`` folder beside the checkpoint and built there first if
-            missing. CPU only; one worker.
+            missing. CPU only. With several ``workers``, each is a process with
+            PyTorch's thread count of this one (:meth:`close` ends them).
 
     Raises:
         CheckpointError: the checkpoint is missing, unreadable or not a translation one.
@@ -211,10 +257,21 @@ class Translator:
         model, self.tokenizer, _ = load_translation_model(
             checkpoint, self.device, adapter
         )
-        if compiled:
-            folder = Path(adapter or checkpoint).parent / "compiled"
+        self.processes: DecodingProcesses | None = None
+        folder = Path(adapter or checkpoint).parent / "compiled"
+        if compiled and workers > 1:  # the workers decode; this model gives sizes
+            self.processes = DecodingProcesses(
+                model,
+                self.precision,
+                folder,
+                [beam_size],
+                workers,
+                threads=torch.get_num_threads(),
+            )
+            self.model = model
+        elif compiled:
             self.model = for_compiled_inference(
-                model, self.precision, folder, [beam_size], workers
+                model, self.precision, folder, [beam_size]
             )
         else:
             self.model = for_inference(model, self.precision)
@@ -259,7 +316,13 @@ class Translator:
             sampling=self.sampling,
             generator=self.generator,
             workers=self.workers,
+            processes=self.processes,
         )
         for index, translation in zip(to_translate, translations, strict=True):
             results[index] = translation
         return results
+
+    def close(self) -> None:
+        """Ends the worker processes, if any (they also end with this process)."""
+        if self.processes is not None:
+            self.processes.close()

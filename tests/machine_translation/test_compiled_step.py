@@ -1,6 +1,7 @@
 """The encoder and decoding steps compiled ahead of time decode as the eager model."""
 
 import copy
+import os
 import shutil
 
 import pytest
@@ -14,9 +15,11 @@ from machine_translation.compiled_step import (
     package_path,
     programs,
 )
+from machine_translation.decoding_processes import DecodingProcesses
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import for_inference
 from machine_translation.search import beam_search, greedy_search
+from machine_translation.translator import search_batch
 
 PAD, BOS, EOS = 0, 1, 2
 # AOTInductor's loader uses a deprecated TorchScript decorator (not our code).
@@ -132,6 +135,33 @@ def test_compiled_search_equals_eager_search(tiny_model_and_packages, beam_size)
     assert compiled.counts[beam_size] > 0
 
 
+def worker_process_id(model, item) -> int:
+    return os.getpid()
+
+
+def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
+    model, packages = tiny_model_and_packages
+    _, compiled = eager_and_compiled(model, packages)
+    folder = next(iter(packages.values())).parent
+    sources, mask = random_sources(longest=30)
+    batches = [row[keep].tolist() for row, keep in zip(sources, mask, strict=True)]
+    batches = [batches[:5], batches[5:]]
+    threads = torch.get_num_threads()  # as here, for the same sums
+    with DecodingProcesses(model, "fp32", folder, [1, 3], 2, threads) as workers:
+        assert os.getpid() not in workers.map(worker_process_id, range(4))
+        for beam_size in (1, 3):
+            options = {
+                "special_ids": (PAD, BOS, EOS),
+                "device": torch.device("cpu"),
+                "precision": "fp32",
+                "beam_size": beam_size,
+                "nbest": beam_size,
+            }
+            expected = [search_batch(compiled, batch, **options) for batch in batches]
+            assert workers.map(search_batch, batches, **options) == expected
+    assert compiled.counts[3] > 0  # here too, the compiled programs ran
+
+
 def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     model, packages = tiny_model_and_packages
     package = packages["step_beams1"]
@@ -159,6 +189,12 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
     assert again.stdout == first.stdout
-    for wrong in (["--device", "cuda"], ["--workers", "2"]):
-        refused = run_translate(*arguments, *wrong, "A dog.")
-        assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    refused = run_translate(*arguments, "--device", "cuda", "A dog.")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    # Two worker processes, one sentence per batch: the same lines, in order.
+    lines = "A dog runs.\n\nTwo men sit on a bench.\nA girl.\nThe red car.\n"
+    one = run_translate(*arguments, "--batch-size", "1", stdin=lines)
+    two = run_translate(*arguments, "--batch-size", "1", "--workers", "2", stdin=lines)
+    assert one.returncode == two.returncode == 0, two.stderr
+    assert "compiling" not in two.stderr
+    assert two.stdout == one.stdout and len(one.stdout.splitlines()) == 5
