@@ -126,6 +126,7 @@ def ours(
         )
         return [candidates[0].text for candidates in translations]
 
+    translate.processes = processes  # to wait for them before timing
     return translate
 
 
@@ -339,6 +340,9 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
     for setting in settings:  # warm-up: first calls allocate and pick kernels
         torch.set_num_threads(setting.threads or torch.get_num_threads())
         setting.translate(source_ids[: setting.warm_up])
+    for setting in settings:  # no worker process may still be loading
+        if getattr(setting.translate, "processes", None) is not None:
+            setting.translate.processes.wait_until_loaded()
     results = []
     for setting in settings:
         torch.set_num_threads(setting.threads or torch.get_num_threads())

@@ -589,9 +589,13 @@ def for_compiled_inference(
     precision: str,
     directory: Path,
     beam_sizes: Sequence[int] = (1,),
-    workers: int = 1,
 ) -> Seq2SeqTransformer:
     """``runtime.for_inference``, with ``encode`` and ``decode_step`` compiled.
+
+    Decode with it one batch at a time: a compiled program holds Python's
+    interpreter lock while it runs, so decoding threads would take turns (several
+    batches at once run on worker processes,
+    :mod:`machine_translation.decoding_processes`).
 
     Args:
         model: A model as loaded, on the CPU (converted in place, as by
@@ -599,22 +603,12 @@ def for_compiled_inference(
         precision: ``bf16`` or ``fp32``.
         directory: Where the packages are kept (compiled there first if missing).
         beam_sizes: The searches to compile a step for (1 = greedy).
-        workers: The decoding threads that will use it
-            (``translate_token_ids(workers=...)``): only 1 is allowed; several
-            workers decode in processes of their own
-            (:mod:`machine_translation.decoding_processes`).
 
     Raises:
         ValueError: the model is not on the CPU, or not covered (see
-            :func:`check_supported`), or ``workers`` is not 1.
+            :func:`check_supported`).
         CompileError: compiling failed.
     """
-    if workers != 1:  # the threads would take turns, each with fewer cores
-        raise ValueError(
-            f"workers={workers}: a compiled step holds Python's interpreter lock "
-            "while it runs, so threads would take turns: decode in worker "
-            "processes instead (machine_translation.decoding_processes)"
-        )
     packages = compiled_packages(model, directory, precision, beam_sizes)
     lengths = encoder_lengths(model, precision)
     model = for_inference(model, precision)

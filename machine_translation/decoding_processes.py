@@ -19,10 +19,12 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from multiprocessing.synchronize import Semaphore
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,14 @@ def start_worker(
     directory: Path,
     beam_sizes: Sequence[int],
     threads: int,
+    loaded: Semaphore,
 ) -> None:
     """Runs in each new worker process: its threads, memory use, compiled model."""
     global worker_model
     torch.set_num_threads(threads)
     keep_freed_memory()  # as the commands that start it
     worker_model = for_compiled_inference(model, precision, directory, beam_sizes)
+    loaded.release()  # one more worker ready
 
 
 def run_on_worker_model(function: Callable, options: dict[str, Any], item: Any) -> Any:
@@ -90,9 +94,11 @@ class DecodingProcesses:
         compiled_packages(model, directory, precision, beam_sizes)
         # "spawn": a forked copy of a process that has started OpenMP's threads
         # can hang in its first parallel region.
+        context = multiprocessing.get_context("spawn")
+        self.workers, self.loaded = workers, context.Semaphore(0)
         self.pool = ProcessPoolExecutor(
             workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=start_worker,
             # A copy: a worker receives it when it starts, which a pool may delay.
             initargs=(
@@ -101,12 +107,26 @@ class DecodingProcesses:
                 directory,
                 tuple(beam_sizes),
                 threads,
+                self.loaded,
             ),
         )
         # Start every worker now, to load while this process goes on: the pool
         # starts one more process for each call waiting while none is idle.
         for _ in range(workers):
             self.pool.submit(os.getpid)
+
+    def wait_until_loaded(self, timeout: float = 600.0) -> None:
+        """Returns once every worker has loaded its model (e.g. before timing).
+
+        Raises:
+            RuntimeError: not all had after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        for _ in range(self.workers):
+            if not self.loaded.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"decoding workers not loaded after {timeout} s")
+        for _ in range(self.workers):  # still loaded: a later wait returns at once
+            self.loaded.release()
 
     def map(self, function: Callable, items: Sequence, **options: Any) -> list:
         """``[function(model, item, **options) for item in items]``, in order.

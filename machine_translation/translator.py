@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from machine_translation.checkpoint import load_translation_model
-from machine_translation.compiled_step import for_compiled_inference
+from machine_translation.compiled_step import CompiledStep, for_compiled_inference
 from machine_translation.data import collate
 from machine_translation.decoding_processes import DecodingProcesses
 from machine_translation.model import Seq2SeqTransformer
@@ -160,6 +160,12 @@ def translate_token_ids(
         raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
     if sampling is not None and processes is not None:
         raise ValueError("sampling runs in this process, not on worker processes")
+    if workers > 1 and isinstance(model.decode_step, CompiledStep):
+        raise ValueError(
+            f"workers={workers}: a compiled step holds Python's interpreter lock "
+            "while it runs, so threads would take turns; decode on worker "
+            "processes instead (processes=DecodingProcesses(...))"
+        )
     model.eval()
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
     batches = [

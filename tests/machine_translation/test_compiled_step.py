@@ -19,7 +19,7 @@ from machine_translation.decoding_processes import DecodingProcesses
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import for_inference
 from machine_translation.search import beam_search, greedy_search
-from machine_translation.translator import search_batch
+from machine_translation.translator import search_batch, translate_token_ids
 
 PAD, BOS, EOS = 0, 1, 2
 # AOTInductor's loader uses a deprecated TorchScript decorator (not our code).
@@ -148,6 +148,8 @@ def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
     batches = [batches[:5], batches[5:]]
     threads = torch.get_num_threads()  # as here, for the same sums
     with DecodingProcesses(model, "fp32", folder, [1, 3], 2, threads) as workers:
+        workers.wait_until_loaded(timeout=300)
+        workers.wait_until_loaded(timeout=0)  # still loaded
         assert os.getpid() not in workers.map(worker_process_id, range(4))
         for beam_size in (1, 3):
             options = {
@@ -160,6 +162,8 @@ def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
             expected = [search_batch(compiled, batch, **options) for batch in batches]
             assert workers.map(search_batch, batches, **options) == expected
     assert compiled.counts[3] > 0  # here too, the compiled programs ran
+    with pytest.raises(ValueError, match="interpreter lock"):  # threads: refused
+        translate_token_ids(compiled, None, batches[0], torch.device("cpu"), workers=2)
 
 
 def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
