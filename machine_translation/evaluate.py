@@ -18,6 +18,7 @@ search (``--beam 1 5``); hypotheses are written next to the checkpoint (``eval/`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,12 @@ from machine_translation.compiled_step import CompileError, for_compiled_inferen
 from machine_translation.config import PROJECT_ROOT
 from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
 from machine_translation.decoding_processes import DecodingProcesses
-from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime import (
     for_inference,
     resolve_device,
     resolve_precision,
     share_cpu_threads,
 )
-from machine_translation.tokenizer import BPETokenizer
 from machine_translation.translator import translate_token_ids
 
 
@@ -154,57 +153,31 @@ def evaluate(
         model = for_compiled_inference(model, precision, folder, beam_sizes)
     else:
         model = for_inference(model, precision)
-    try:
-        return translate_and_score(
-            model,
-            tokenizer,
-            test_sets,
-            device,
-            precision,
-            beam_sizes,
-            output_dir,
-            workers,
-            processes,
-        )
-    finally:
-        if processes is not None:
-            processes.close()
-
-
-def translate_and_score(
-    model: Seq2SeqTransformer,
-    tokenizer: BPETokenizer,
-    test_sets: list[TestSet],
-    device: torch.device,
-    precision: str,
-    beam_sizes: list[int],
-    output_dir: Path | None,
-    workers: int,
-    processes: DecodingProcesses | None,
-) -> dict[tuple[str, int], Scores]:
-    """The loop of :func:`evaluate`, with the model ready (or the worker processes)."""
     limit = model.config.max_positions
     results = {}
-    for test_set in test_sets:
-        source_ids = [ids[:limit] for ids in tokenizer.encode_batch(test_set.sources)]
-        for beam_size in beam_sizes:
-            translations = translate_token_ids(
-                model,
-                tokenizer,
-                source_ids,
-                device,
-                precision,
-                beam_size=beam_size,
-                workers=workers,
-                processes=processes,
-            )
-            hypotheses = [candidates[0].text for candidates in translations]
-            if output_dir is not None:
-                output_dir.mkdir(parents=True, exist_ok=True)
-                (output_dir / f"{test_set.name}.beam{beam_size}.fr").write_text(
-                    "".join(h + "\n" for h in hypotheses), encoding="utf-8"
+    with processes or contextlib.nullcontext():  # the processes end after
+        for test_set in test_sets:
+            sources = tokenizer.encode_batch(test_set.sources)
+            source_ids = [ids[:limit] for ids in sources]
+            for beam_size in beam_sizes:
+                translations = translate_token_ids(
+                    model,
+                    tokenizer,
+                    source_ids,
+                    device,
+                    precision,
+                    beam_size=beam_size,
+                    workers=workers,
+                    processes=processes,
                 )
-            results[test_set.name, beam_size] = score(hypotheses, test_set.references)
+                hypotheses = [candidates[0].text for candidates in translations]
+                if output_dir is not None:
+                    output_dir.mkdir(parents=True, exist_ok=True)
+                    (output_dir / f"{test_set.name}.beam{beam_size}.fr").write_text(
+                        "".join(h + "\n" for h in hypotheses), encoding="utf-8"
+                    )
+                scores = score(hypotheses, test_set.references)
+                results[test_set.name, beam_size] = scores
     return results
 
 
