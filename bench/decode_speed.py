@@ -41,9 +41,9 @@ as without it.
 (bf16, ``machine_translation.compiled_step``): one batch at a time on all threads,
 and with ``--workers N`` also on N worker processes of ``threads / N`` threads
 (``machine_translation.decoding_processes``: a compiled program holds Python's
-interpreter lock while it runs, so threads would take turns). The processes start
-before the timing. The packages are built in the first round's process (about half
-a minute each, before the timing) and loaded by the later ones.
+interpreter lock while it runs, so threads would take turns). The processes have
+loaded before the timing. The packages are built in the first round's process
+(about half a minute each, before the timing) and loaded by the later ones.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def ours(
         processes = DecodingProcesses(
             model, precision, compiled_in, [beam], workers, threads
         )
+        processes.wait_until_loaded()  # none may load while another setting runs
     else:
         model = for_compiled_inference(
             copy.deepcopy(model), precision, compiled_in, [beam]
@@ -126,7 +127,6 @@ def ours(
         )
         return [candidates[0].text for candidates in translations]
 
-    translate.processes = processes  # to wait for them before timing
     return translate
 
 
@@ -340,9 +340,6 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
     for setting in settings:  # warm-up: first calls allocate and pick kernels
         torch.set_num_threads(setting.threads or torch.get_num_threads())
         setting.translate(source_ids[: setting.warm_up])
-    for setting in settings:  # no worker process may still be loading
-        if getattr(setting.translate, "processes", None) is not None:
-            setting.translate.processes.wait_until_loaded()
     results = []
     for setting in settings:
         torch.set_num_threads(setting.threads or torch.get_num_threads())
