@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decoder_transformer.cache import DecoderCache  # noqa: E402
-from decoder_transformer.gpt import GPT  # noqa: E402
-from encoder_transformer.config import TransformerConfig  # noqa: E402
+from decoder_transformer.cache import DecoderCache
+from decoder_transformer.gpt import GPT
+from encoder_transformer.config import TransformerConfig
 
 
 @dataclass

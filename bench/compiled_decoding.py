@@ -11,8 +11,9 @@ linear layers itself) and a C++ wrapper (no Python between kernels) compiles the
 decoder's step, with dynamic shapes (rows leave the batch, the cache grows). Needs a
 C++ compiler. Reported: the compile time (first call, and the recompilations that
 later shapes trigger in a second call), then sentences/s of eager (the toolkit's
-``for_inference`` model) and compiled, alternating, with identical outputs checked.
-bf16 weights on Multi30K test_2016_flickr.
+eager decoder, ``batch_decoder(model, "bf16")``) and compiled (the same decoder
+with the model's ``decode_step`` compiled), alternating, with identical outputs
+checked. bf16 weights on Multi30K test_2016_flickr.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ import torch._inductor.config as inductor_config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from against_eager import alternate  # noqa: E402
+from against_eager import alternate
 
-from machine_translation.checkpoint import (  # noqa: E402
-    find_checkpoint,
-    load_translation_model,
-)
-from machine_translation.evaluate import builtin_test_set  # noqa: E402
-from machine_translation.runtime import for_inference  # noqa: E402
-from machine_translation.translator import translate_token_ids  # noqa: E402
+from machine_translation.checkpoints.loading import load_translation_model
+from machine_translation.checkpoints.runs import find_checkpoint
+from machine_translation.config.schema import DecodingConfig
+from machine_translation.evaluation.test_sets import builtin_test_set
+from machine_translation.inference.batch_translation import translate_token_ids
+from machine_translation.inference.decoding_setup import batch_decoder
 
 
 def main() -> None:
@@ -54,12 +54,14 @@ def main() -> None:
     source_ids = tokenizer.encode_batch(builtin_test_set("multi30k").sources)
     device = torch.device("cpu")
 
-    eager = for_inference(copy.deepcopy(model), "bf16")
-    # Not prepacked by us: freezing lets inductor prepack the weights its own way.
-    compiled = model.to(torch.bfloat16).eval().requires_grad_(False)
+    eager = batch_decoder(copy.deepcopy(model), "bf16")
+    # Freezing lets inductor prepack the weights its own way. torch.compile is lazy:
+    # it compiles at the first call, after batch_decoder has cast the weights.
     inductor_config.freezing = True
     inductor_config.cpp_wrapper = True
-    compiled.decode_step = torch.compile(compiled.decode_step, dynamic=True)
+    model.decode_step = torch.compile(model.decode_step, dynamic=True)
+    compiled = batch_decoder(model, "bf16")
+    decoding = DecodingConfig(beam_size=1, batch_size=args.batch)  # greedy
 
     def run(decoder, count: int, start: int = 0) -> tuple[float, list[str]]:
         begin = time.perf_counter()
@@ -69,7 +71,7 @@ def main() -> None:
             source_ids[start : start + count],
             device,
             "bf16",
-            batch_size=args.batch,
+            decoding,
         )
         speed = count / (time.perf_counter() - begin)
         return speed, [t[0].text for t in translations]

@@ -28,22 +28,24 @@ at about half of its own; its process therefore keeps PyTorch to one thread.
 Each decoding step allocates and frees megabytes of scores, and glibc hands large
 blocks back to the kernel, which must then fault the pages in again. Two options
 change that in every system's process alike: ``--keep-freed-memory`` makes glibc
-keep them (``machine_translation.allocator``, what the translation commands do),
-``--preload`` loads a shared library (``LD_PRELOAD``), e.g. a faster allocator
-than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
+keep them (``machine_translation.inference.fast.allocator``, what the translation
+commands do), ``--preload`` loads a shared library (``LD_PRELOAD``), e.g. a faster
+allocator than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
 
 ``--workers N`` decodes N batches at once, each on ``threads / N`` threads: ours
-with ``translate_token_ids(workers=N)``, CTranslate2 with ``inter_threads=N,
-intra_threads=threads / N``. Hugging Face ``generate`` has no such option and runs
-as without it.
+with ``batch_decoder(model, precision, workers=N)`` (N threads), CTranslate2 with
+``inter_threads=N, intra_threads=threads / N``. Hugging Face ``generate`` has no
+such option and runs as without it.
 
 ``--compiled`` adds ours with the encoder and decoding steps compiled ahead of time
-(bf16, ``machine_translation.compiled_step``): one batch at a time on all threads,
-and with ``--workers N`` also on N worker processes of ``threads / N`` threads
-(``machine_translation.decoding_processes``: a compiled program holds Python's
-interpreter lock while it runs, so threads would take turns). The processes have
-loaded before the timing. The packages are built in the first round's process
-(about half a minute each, before the timing) and loaded by the later ones.
+(bf16, ``batch_decoder(..., compiled=True)``, which hands over to
+``machine_translation.inference.fast``): one batch at a time on all threads, and
+with ``--workers N`` also on N worker processes of ``threads / N`` threads
+(``machine_translation.inference.fast.processes``: a compiled program holds
+Python's interpreter lock while it runs, so threads would take turns). The
+processes have loaded before the timing. The packages are built in the first
+round's process (about half a minute each, before the timing) and loaded by the
+later ones.
 """
 
 from __future__ import annotations
@@ -67,19 +69,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine_translation.allocator import keep_freed_memory  # noqa: E402
-from machine_translation.checkpoint import (  # noqa: E402
-    find_checkpoint,
-    load_translation_model,
-)
-from machine_translation.compiled_step import for_compiled_inference  # noqa: E402
-from machine_translation.data import collate  # noqa: E402
-from machine_translation.decoding_processes import DecodingProcesses  # noqa: E402
-from machine_translation.evaluate import builtin_test_set, score  # noqa: E402
-from machine_translation.runtime import for_inference  # noqa: E402
-from machine_translation.translator import translate_token_ids  # noqa: E402
+from machine_translation.checkpoints.loading import load_translation_model
+from machine_translation.checkpoints.runs import find_checkpoint
+from machine_translation.config.schema import DecodingConfig
+from machine_translation.data.batching import collate
+from machine_translation.evaluation.scoring import score
+from machine_translation.evaluation.test_sets import builtin_test_set
+from machine_translation.inference.batch_translation import translate_token_ids
+from machine_translation.inference.decoding_setup import batch_decoder
+from machine_translation.inference.fast import keep_freed_memory
+from machine_translation.inference.fast.processes import DecodingProcesses
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
+DECODERS: list = []  # ours' batch decoders, closed at the end of a round
 
 
 @dataclass
@@ -98,32 +100,37 @@ class Setting:
 def ours(
     model, tokenizer, precision, beam, batch, workers=1, compiled_in=None, threads=1
 ) -> Callable:
-    """Our translation path; with ``compiled_in`` (a folder), the compiled programs,
-    on ``workers`` processes of ``threads`` threads each if ``workers > 1``."""
-    processes = None
-    if compiled_in is None:
-        model = for_inference(copy.deepcopy(model), precision)
-    elif workers > 1:
-        processes = DecodingProcesses(
-            model, precision, compiled_in, [beam], workers, threads
+    """Our translation path, from ``batch_decoder``: eager on ``workers`` threads;
+    with ``compiled_in`` (a folder), the compiled programs, on ``workers`` processes
+    of ``threads`` threads each if ``workers > 1``."""
+    decoding = DecodingConfig(
+        beam_size=beam,
+        length_penalty=1.0,
+        max_length_a=MAX_LENGTH_A,
+        max_length_b=MAX_LENGTH_B,
+        batch_size=batch,
+    )
+    own_threads = torch.get_num_threads()
+    if compiled_in is not None and workers > 1:
+        torch.set_num_threads(threads)  # worker processes start with this count
+    try:
+        decoder = batch_decoder(
+            copy.deepcopy(model),  # (converted in place)
+            precision,
+            workers=workers,
+            compiled=compiled_in is not None,
+            directory=compiled_in,
+            beam_sizes=[beam],
         )
-        processes.wait_until_loaded()  # none may load while another setting runs
-    else:
-        model = for_compiled_inference(
-            copy.deepcopy(model), precision, compiled_in, [beam]
-        )
+    finally:
+        torch.set_num_threads(own_threads)
+    if isinstance(decoder, DecodingProcesses):
+        decoder.wait_until_loaded()  # none may load while another setting runs
+    DECODERS.append(decoder)
 
     def translate(source_ids):
         translations = translate_token_ids(
-            model,
-            tokenizer,
-            source_ids,
-            torch.device("cpu"),
-            precision,
-            beam_size=beam,
-            batch_size=batch,
-            workers=workers,
-            processes=processes,
+            decoder, tokenizer, source_ids, torch.device("cpu"), precision, decoding
         )
         return [candidates[0].text for candidates in translations]
 
@@ -357,6 +364,8 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
                 "texts": texts,
             }
         )
+    for decoder in DECODERS:  # worker processes end here
+        decoder.close()
     (workdir / f"{args.worker}.json").write_text(json.dumps(results))
 
 

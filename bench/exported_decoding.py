@@ -10,16 +10,16 @@ compiles once into a package (a shared library and the weights) that a later pro
 loads in seconds, as CTranslate2 converts a model once.
 
 The compiled encoder and steps are the toolkit's own
-(``machine_translation.compiled_step``, which ``translate --compiled`` and
-``evaluate --compiled`` use); this script times them against the eager path. Needs
-a C++ compiler.
+(``machine_translation.inference.fast``: ``CompiledModel``, which ``translate
+--compiled`` and ``evaluate --compiled`` use through ``batch_decoder``); this script
+times them against the eager path. Needs a C++ compiler.
 
 Reported: the export and compile time (of the packages missing in ``--folder``,
-a temporary folder by default), the load time,
-then sentences/s of eager (the toolkit's ``for_inference`` model) and exported,
-alternating, and how many outputs are identical: greedy search, or beam search
-with ``--beam`` (a package is compiled per beam size). bf16 weights on Multi30K
-test_2016_flickr.
+a temporary folder by default), the load time, then sentences/s of eager
+(``batch_decoder(model, "bf16")``) and exported (``batch_decoder(...,
+compiled=True)``: a ``CompiledModel`` here), alternating, and how many outputs are
+identical: greedy search, or beam search with ``--beam`` (a package is compiled per
+beam size). bf16 weights on Multi30K test_2016_flickr.
 """
 
 from __future__ import annotations
@@ -36,21 +36,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from against_eager import alternate  # noqa: E402
+from against_eager import alternate
 
-from machine_translation.allocator import keep_freed_memory  # noqa: E402
-from machine_translation.checkpoint import (  # noqa: E402
-    find_checkpoint,
-    load_translation_model,
-)
-from machine_translation.compiled_step import (  # noqa: E402
-    compiled_package,
-    for_compiled_inference,
-    programs,
-)
-from machine_translation.evaluate import builtin_test_set  # noqa: E402
-from machine_translation.runtime import for_inference  # noqa: E402
-from machine_translation.translator import translate_token_ids  # noqa: E402
+from machine_translation.checkpoints.loading import load_translation_model
+from machine_translation.checkpoints.runs import find_checkpoint
+from machine_translation.config.schema import DecodingConfig
+from machine_translation.evaluation.test_sets import builtin_test_set
+from machine_translation.inference.batch_translation import translate_token_ids
+from machine_translation.inference.decoding_setup import batch_decoder
+from machine_translation.inference.fast import keep_freed_memory
+from machine_translation.inference.fast.packages import compiled_package
+from machine_translation.inference.fast.programs import programs
 
 
 def main() -> None:
@@ -80,11 +76,17 @@ def main() -> None:
             print(f"{program}: {path.stat().st_size / 2**20:.1f} MiB "
                   f"(ready in {time.perf_counter() - start:.1f} s)")  # fmt: skip
         start = time.perf_counter()
-        exported = for_compiled_inference(
-            copy.deepcopy(model), "bf16", folder, [args.beam]
+        # One worker: a CompiledModel decoding in this process.
+        exported = batch_decoder(
+            copy.deepcopy(model),
+            "bf16",
+            compiled=True,
+            directory=folder,
+            beam_sizes=[args.beam],
         )
         print(f"loaded in {time.perf_counter() - start:.2f} s")
-        eager = for_inference(copy.deepcopy(model), "bf16")
+        eager = batch_decoder(copy.deepcopy(model), "bf16")
+        decoding = DecodingConfig(beam_size=args.beam, batch_size=args.batch)
 
         def run(decoder, count: int) -> tuple[float, list[str]]:
             begin = time.perf_counter()
@@ -94,8 +96,7 @@ def main() -> None:
                 source_ids[:count],
                 torch.device("cpu"),
                 "bf16",
-                batch_size=args.batch,
-                beam_size=args.beam,
+                decoding,
             )
             texts = [candidates[0].text for candidates in translations]
             return count / (time.perf_counter() - begin), texts

@@ -31,7 +31,7 @@ from train_throughput import matmul_peak
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine_translation.runtime import resolve_device  # noqa: E402
+from machine_translation.runtime.devices import resolve_device
 
 NANOGPT_SECONDS, NANOGPT_LOSS = 87.0, 1.886
 

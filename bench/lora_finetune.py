@@ -42,28 +42,34 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train_throughput import (  # noqa: E402
+from train_throughput import (
     _synchronize,
     peak_memory_mib,
     reset_peak_memory,
     timed_steps,
 )
 
-from encoder_transformer.lora import LoRAConfig, merge_lora  # noqa: E402
-from machine_translation.checkpoint import load_checkpoint  # noqa: E402
-from machine_translation.config import (  # noqa: E402
+from encoder_transformer.lora import LoRAConfig, merge_lora
+from machine_translation.checkpoints.files import load_checkpoint
+from machine_translation.config.schema import (
+    DecodingConfig,
     OptimConfig,
     ScheduleConfig,
     TrainerConfig,
 )
-from machine_translation.data import CorpusSpec  # noqa: E402
-from machine_translation.finetune import FineTuning  # noqa: E402
-from machine_translation.runtime import autocast, resolve_device, resolve_precision  # noqa: E402
-from machine_translation.tokenizer import BPETokenizer  # noqa: E402
-from machine_translation.train import load_corpora  # noqa: E402
-from machine_translation.training import Trainer  # noqa: E402
-from machine_translation.translation_task import encode_corpus  # noqa: E402
-from machine_translation.translator import translate_token_ids  # noqa: E402
+from machine_translation.data.bpe_tokenizer import BPETokenizer
+from machine_translation.data.corpus import CorpusSpec
+from machine_translation.inference.batch_translation import translate_token_ids
+from machine_translation.inference.decoders import InProcess
+from machine_translation.runtime.devices import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+)
+from machine_translation.training.finetune import FineTuning
+from machine_translation.training.recipes import load_corpora
+from machine_translation.training.trainer import Trainer
+from machine_translation.training.translation_task import encode_corpus
 
 TATOEBA = CorpusSpec(kind="tsv", path="data/tatoeba/eng-fra.tsv.gz", split="train")
 LORA_DEFAULTS = OmegaConf.load(ROOT / "conf" / "lora" / "default.yaml")
@@ -137,11 +143,15 @@ def decoding_speed(model, tokenizer, sources, device, precision) -> tuple[float,
     """Greedy decoding: (sentences/s, generated target tokens/s).
 
     Models that differ in their weights write outputs of different lengths, so the
-    per-token rate is the one to compare between them.
+    per-token rate is the one to compare between them. The models decode as
+    validation does (``InProcess``, fp32 weights under autocast), left as trained.
     """
+    decoding = DecodingConfig(beam_size=1, batch_size=64)
     _synchronize(device)
     start = time.perf_counter()
-    translations = translate_token_ids(model, tokenizer, sources, device, precision)
+    translations = translate_token_ids(
+        InProcess(model), tokenizer, sources, device, precision, decoding
+    )
     _synchronize(device)
     seconds = time.perf_counter() - start
     texts = [nbest[0].text for nbest in translations]

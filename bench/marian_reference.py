@@ -18,15 +18,20 @@ clipping and AdamW with our optimizer's settings.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages, also when run directly
+
 from encoder_transformer.config import TransformerConfig
-from machine_translation.config import OptimConfig
-from machine_translation.data import Batch
-from machine_translation.runtime import autocast
-from machine_translation.training import build_optimizer
+from machine_translation.config.schema import OptimConfig
+from machine_translation.data.batching import Batch
+from machine_translation.runtime.devices import autocast
+from machine_translation.training.state import build_optimizer
 
 IGNORE_INDEX = -100  # transformers' label for "no loss here"
 

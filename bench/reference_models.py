@@ -20,9 +20,13 @@ dependencies of the toolkit).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages, also when run directly
 
 from machine_translation.model import Seq2SeqTransformer
 

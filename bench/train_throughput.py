@@ -35,24 +35,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from marian_reference import MarianTrainer, build_marian, transformers_available  # noqa: E402
+from marian_reference import MarianTrainer, build_marian, transformers_available
 
-from machine_translation.config import (  # noqa: E402
-    OptimConfig,
-    ScheduleConfig,
-    TrainerConfig,
-    load_model_config,
-)
-from machine_translation.data import CorpusSpec  # noqa: E402
-from machine_translation.model import Seq2SeqTransformer  # noqa: E402
-from machine_translation.runtime import resolve_device  # noqa: E402
-from machine_translation.tokenizer import BPETokenizer  # noqa: E402
-from machine_translation.train import load_corpora  # noqa: E402
-from machine_translation.training import Trainer  # noqa: E402
-from machine_translation.translation_task import (  # noqa: E402
-    TranslationTask,
-    encode_corpus,
-)
+from machine_translation.config.compose import load_model_config
+from machine_translation.config.schema import OptimConfig, ScheduleConfig, TrainerConfig
+from machine_translation.data.bpe_tokenizer import BPETokenizer
+from machine_translation.data.corpus import CorpusSpec
+from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.devices import resolve_device
+from machine_translation.training.recipes import load_corpora
+from machine_translation.training.trainer import Trainer
+from machine_translation.training.translation_task import TranslationTask, encode_corpus
 
 TRAIN = [
     CorpusSpec(

@@ -25,7 +25,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoder_transformer.cache import DecoderCache, KeyValueCache, LatentCache
+from decoder_transformer.cache import DecoderCache
+from decoder_transformer.kv_cache import KeyValueCache
+from decoder_transformer.latent_cache import LatentCache
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding
 from encoder_transformer.encoder import (
@@ -192,9 +194,6 @@ class TransformerDecoder(nn.Module):
             for _ in range(config.decoder_layers)
         )
         self.final_norm = build_final_norm(config)
-        # Inference may install an equivalent, faster product with the same tied
-        # matrix (machine_translation.prepacked); None computes it directly.
-        self.output_projection: nn.Module | None = None
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty cache for :meth:`step`, preallocated for ``capacity`` positions.
@@ -258,8 +257,6 @@ class TransformerDecoder(nn.Module):
 
     def lm_head(self, hidden_states: Tensor) -> Tensor:
         """``(b, s, d)`` → ``(b, s, v)`` with the token embedding matrix (tied)."""
-        if self.output_projection is not None:
-            return self.output_projection(hidden_states)
         return F.linear(hidden_states, self.embedding.tokens.weight)
 
     def _run_blocks(

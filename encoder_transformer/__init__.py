@@ -1,10 +1,6 @@
 """Transformer building blocks and the encoder stack (plain ``torch.nn``)."""
 
-from encoder_transformer.attention import (
-    MultiHeadAttention,
-    attention_mask,
-    causal_mask,
-)
+from encoder_transformer.attention import MultiHeadAttention
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import TransformerEmbedding, build_token_embedding
 from encoder_transformer.encoder import EncoderBlock, TransformerEncoder
@@ -12,13 +8,14 @@ from encoder_transformer.feedforward import FeedForward, SwiGLU, build_feedforwa
 from encoder_transformer.latent_attention import MultiHeadLatentAttention
 from encoder_transformer.lora import (
     LoRAConfig,
-    LoRALinear,
     add_lora,
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
     merge_lora,
 )
+from encoder_transformer.lora_linear import LoRALinear
+from encoder_transformer.masks import attention_mask, causal_mask
 from encoder_transformer.normalization import build_norm, residual
 from encoder_transformer.positional import (
     LearnedPositionalEmbedding,

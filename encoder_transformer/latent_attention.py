@@ -50,13 +50,13 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from encoder_transformer.attention import attend, merge_heads
 from encoder_transformer.dropout import Dropout
 from encoder_transformer.positional import RotaryEmbedding
+from encoder_transformer.scaled_dot_product import attend, merge_heads
 
 
 class LatentAttentionCache(Protocol):
-    """What MLA needs from its cache (``decoder_transformer.cache.LatentCache``).
+    """What MLA needs from its cache (``decoder_transformer.latent_cache.LatentCache``).
 
     ``length`` is the number of positions stored so far; ``update`` appends one
     ``(b, s_new, d_c + d_r)`` entry per new token (its latent, then its rotary key) and

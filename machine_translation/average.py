@@ -16,13 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from machine_translation.checkpoint import (
-    CheckpointError,
+from machine_translation.checkpoints.averaging import average_checkpoints
+from machine_translation.checkpoints.files import CheckpointError, save_checkpoint
+from machine_translation.checkpoints.runs import (
     add_run_arguments,
-    average_checkpoints,
     latest_run,
     run_name_argument,
-    save_checkpoint,
     step_checkpoints,
 )
 

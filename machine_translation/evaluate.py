@@ -18,167 +18,21 @@ search (``--beam 1 5``); hypotheses are written next to the checkpoint (``eval/`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import sacrebleu
-import torch
-
-from machine_translation.allocator import keep_freed_memory
-from machine_translation.checkpoint import (
-    CheckpointError,
-    add_run_arguments,
-    checkpoint_argument,
-    load_translation_model,
-)
-from machine_translation.compiled_step import CompileError, for_compiled_inference
-from machine_translation.config import PROJECT_ROOT
-from machine_translation.data import DataError, read_aligned_files, read_tsv_pairs
-from machine_translation.decoding_processes import DecodingProcesses
-from machine_translation.runtime import (
-    for_inference,
+from machine_translation.checkpoints.files import CheckpointError
+from machine_translation.checkpoints.runs import add_run_arguments, checkpoint_argument
+from machine_translation.config.compose import load_decoding_config
+from machine_translation.data.corpus import DataError
+from machine_translation.evaluation.scoring import evaluate
+from machine_translation.evaluation.test_sets import builtin_test_set, file_test_set
+from machine_translation.inference import fast
+from machine_translation.runtime.devices import (
     resolve_device,
     resolve_precision,
     share_cpu_threads,
 )
-from machine_translation.translator import translate_token_ids
-
-
-@dataclass
-class TestSet:
-    """Source sentences, each with one or more reference translations."""
-
-    name: str
-    sources: list[str]
-    references: list[list[str]]
-
-
-def builtin_test_set(name: str) -> TestSet:
-    """``multi30k`` (test_2016_flickr) or ``tatoeba`` (the fixed test split)."""
-    data = PROJECT_ROOT / "data"
-    if name == "multi30k":
-        corpus = read_aligned_files(
-            data / "multi30k/test_2016_flickr.en.gz",
-            data / "multi30k/test_2016_flickr.fr.gz",
-        )
-        return TestSet(name, corpus.sources, [[t] for t in corpus.targets])
-    if name == "tatoeba":
-        corpus = read_tsv_pairs(data / "tatoeba/eng-fra.tsv.gz", split="test")
-        grouped: dict[str, list[str]] = {}  # dicts keep first-appearance order
-        for source, target in zip(corpus.sources, corpus.targets, strict=True):
-            grouped.setdefault(source, []).append(target)
-        return TestSet(name, list(grouped), list(grouped.values()))
-    raise ValueError(f"unknown test set {name!r}: choose multi30k or tatoeba")
-
-
-def file_test_set(source: str | Path, references: list[str | Path]) -> TestSet:
-    """A source file with line-aligned reference files (a clear error if misaligned)."""
-    columns = [read_aligned_files(source, reference) for reference in references]
-    per_sentence = [
-        list(refs) for refs in zip(*(c.targets for c in columns), strict=True)
-    ]
-    return TestSet(Path(source).name, columns[0].sources, per_sentence)
-
-
-@dataclass
-class Scores:
-    bleu: float
-    bleu_signature: str
-    bleu_lowercase: float
-    bleu_lowercase_signature: str
-    chrf: float
-    chrf_signature: str
-
-
-def score(hypotheses: list[str], references: list[list[str]]) -> Scores:
-    """sacreBLEU BLEU (cased and lower-cased) and chrF against 1+ references each.
-
-    >>> round(score(["le chat est là"], [["le chat est là"]]).bleu, 1)
-    100.0
-    """
-    most = max((len(refs) for refs in references), default=1)
-    # sacreBLEU takes one stream per reference position; None where a sentence has
-    # fewer references than the most.
-    streams = [
-        [refs[i] if i < len(refs) else None for refs in references] for i in range(most)
-    ]
-    bleu, bleu_lc, chrf = (
-        sacrebleu.BLEU(),
-        sacrebleu.BLEU(lowercase=True),
-        sacrebleu.CHRF(),
-    )
-    return Scores(
-        bleu.corpus_score(hypotheses, streams).score,
-        str(bleu.get_signature()),
-        bleu_lc.corpus_score(hypotheses, streams).score,
-        str(bleu_lc.get_signature()),
-        chrf.corpus_score(hypotheses, streams).score,
-        str(chrf.get_signature()),
-    )
-
-
-def evaluate(
-    checkpoint: Path,
-    test_sets: list[TestSet],
-    device: torch.device,
-    precision: str,
-    beam_sizes: list[int],
-    output_dir: Path | None = None,
-    adapter: Path | None = None,
-    workers: int = 1,
-    compiled: bool = False,
-) -> dict[tuple[str, int], Scores]:
-    """Translates each test set with each beam size (1 = greedy) and scores it.
-
-    ``adapter``: LoRA adapters to merge into ``checkpoint`` (their base) first.
-    ``workers``: batches decoded at once (``translate_token_ids``; share the CPU
-    threads among them first, ``runtime.share_cpu_threads``).
-    ``compiled``: encode and decode with programs compiled ahead of time (CPU;
-    :mod:`machine_translation.compiled_step`), kept beside the checkpoint; several
-    ``workers`` are then processes (:mod:`machine_translation.decoding_processes`).
-
-    Returns:
-        Scores by (test set name, beam size); hypotheses go to ``output_dir``.
-    """
-    model, tokenizer, _ = load_translation_model(checkpoint, device, adapter)
-    folder = (adapter or checkpoint).parent / "compiled"
-    processes = None
-    if compiled and workers > 1:  # the workers decode; this model gives sizes
-        processes = DecodingProcesses(
-            model, precision, folder, beam_sizes, workers, torch.get_num_threads()
-        )
-    elif compiled:
-        model = for_compiled_inference(model, precision, folder, beam_sizes)
-    else:
-        model = for_inference(model, precision)
-    limit = model.config.max_positions
-    results = {}
-    with processes or contextlib.nullcontext():  # the processes end after
-        for test_set in test_sets:
-            sources = tokenizer.encode_batch(test_set.sources)
-            source_ids = [ids[:limit] for ids in sources]
-            for beam_size in beam_sizes:
-                translations = translate_token_ids(
-                    model,
-                    tokenizer,
-                    source_ids,
-                    device,
-                    precision,
-                    beam_size=beam_size,
-                    workers=workers,
-                    processes=processes,
-                )
-                hypotheses = [candidates[0].text for candidates in translations]
-                if output_dir is not None:
-                    output_dir.mkdir(parents=True, exist_ok=True)
-                    (output_dir / f"{test_set.name}.beam{beam_size}.fr").write_text(
-                        "".join(h + "\n" for h in hypotheses), encoding="utf-8"
-                    )
-                scores = score(hypotheses, test_set.references)
-                results[test_set.name, beam_size] = scores
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             test_sets,
             device,
             precision,
+            load_decoding_config(),
             args.beam,
             output_dir,
             adapter,
             args.workers,
             args.compiled,
         )
-    except (CheckpointError, CompileError, DataError, ValueError) as error:
+    except (CheckpointError, fast.CompileError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"checkpoint: {checkpoint}" + (f" + adapter {adapter}" if adapter else ""))
@@ -277,5 +132,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from machine_translation.checkpoint import CheckpointError
-from machine_translation.finetune import write_merged_checkpoint
+from machine_translation.checkpoints.adapters import write_merged_checkpoint
+from machine_translation.checkpoints.files import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

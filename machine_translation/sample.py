@@ -20,16 +20,14 @@ from pathlib import Path
 
 import torch
 
-from machine_translation.allocator import keep_freed_memory
-from machine_translation.checkpoint import (
-    CheckpointError,
-    find_checkpoint,
-    load_language_model,
-)
-from machine_translation.generation import generate
-from machine_translation.runtime import resolve_device, resolve_precision
-from machine_translation.search import Sampling
-from machine_translation.tokenizer import CharTokenizer
+from machine_translation.checkpoints.files import CheckpointError
+from machine_translation.checkpoints.loading import load_language_model
+from machine_translation.checkpoints.runs import find_checkpoint
+from machine_translation.data.char_tokenizer import CharTokenizer
+from machine_translation.inference import fast
+from machine_translation.inference.generation import generate
+from machine_translation.inference.sampling import Sampling
+from machine_translation.runtime.devices import resolve_device, resolve_precision
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -114,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

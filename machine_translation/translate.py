@@ -19,7 +19,7 @@ With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>`
 instead of searching for the most likely one. ``--workers 2`` decodes two batches
 at once, each on half the CPU threads: faster for greedy search over many sentences
 on a CPU (``bench/README.md``). ``--compiled`` encodes and decodes with programs
-compiled ahead of time (``machine_translation.compiled_step``; built once per model
+compiled ahead of time (``machine_translation.inference.fast``; built once per model
 and beam size into ``compiled/`` beside the checkpoint, about a minute, with a C++
 compiler); with ``--workers`` its workers are processes, which take a few seconds
 to start.
@@ -36,16 +36,14 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 
-from machine_translation.allocator import keep_freed_memory
-from machine_translation.checkpoint import (
-    CheckpointError,
-    add_run_arguments,
-    checkpoint_argument,
-)
-from machine_translation.compiled_step import CompileError
-from machine_translation.runtime import resolve_device, share_cpu_threads
-from machine_translation.search import Sampling
-from machine_translation.translator import Translation, Translator
+from machine_translation.checkpoints.files import CheckpointError
+from machine_translation.checkpoints.runs import add_run_arguments, checkpoint_argument
+from machine_translation.config.compose import load_decoding_config
+from machine_translation.inference import fast
+from machine_translation.inference.batch_translation import Translation
+from machine_translation.inference.sampling import Sampling
+from machine_translation.inference.translator import Translator
+from machine_translation.runtime.devices import resolve_device, share_cpu_threads
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -57,10 +55,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="a .pt file (default: latest run's best)")
     parser.add_argument("--adapter", help="LoRA adapters to merge into --checkpoint")
     add_run_arguments(parser)
+    # Search settings default to conf/decoding/default.yaml.
     parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: 5)")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
-    parser.add_argument("--alpha", type=float, default=1.0, help="length penalty")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--alpha", type=float, help="length penalty (default: 1.0)")
+    parser.add_argument("--batch-size", type=int, help="sentences (default: 64)")
     parser.add_argument(
         "--workers",
         type=int,
@@ -85,7 +84,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sampling_settings(args: argparse.Namespace) -> tuple[Sampling | None, int]:
+def sampling_settings(
+    args: argparse.Namespace,
+) -> tuple[Sampling | None, int | None]:
     """The sampling settings and beam size the arguments ask for.
 
     Raises:
@@ -102,7 +103,7 @@ def sampling_settings(args: argparse.Namespace) -> tuple[Sampling | None, int]:
         given = [name for name, value in options.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply with --sample")
-        return None, 5 if args.beam is None else args.beam
+        return None, args.beam  # None: the decoding config's
     if args.beam not in (None, 1) or args.nbest != 1:
         raise ValueError(
             "--sample draws one translation per input: drop --beam and --nbest"
@@ -171,17 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint,
             args.device,
             args.precision,
-            beam_size,
+            load_decoding_config(
+                beam_size=beam_size,
+                length_penalty=args.alpha,
+                batch_size=args.batch_size,
+            ),
             args.nbest,
-            args.alpha,
-            args.batch_size,
             sampling=sampling,
             seed=args.seed,
             adapter=args.adapter if args.checkpoint else None,
             workers=args.workers,
             compiled=args.compiled,
         )
-    except (CheckpointError, CompileError, ValueError) as error:
+    except (CheckpointError, fast.CompileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
@@ -205,7 +208,9 @@ def translate_input(translator: Translator, args: argparse.Namespace) -> None:
     # bytes that are not UTF-8 become U+FFFD instead of stopping the run.
     sys.stdin.reconfigure(newline="\n", errors="replace")
     done = 0
-    for chunk in batches(sys.stdin, max(4, 2 * args.workers) * args.batch_size):
+    for chunk in batches(
+        sys.stdin, max(4, 2 * args.workers) * translator.decoding.batch_size
+    ):
         outputs = translator.translate(chunk)
         for line in format_translations(outputs, args.nbest, first_index=done):
             print(line)
@@ -214,5 +219,5 @@ def translate_input(translator: Translator, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

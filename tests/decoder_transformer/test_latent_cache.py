@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from decoder_transformer.cache import KeyValueCache, LatentCache
 from decoder_transformer.decoder import TransformerDecoder
 from decoder_transformer.gpt import GPT
+from decoder_transformer.kv_cache import KeyValueCache
+from decoder_transformer.latent_cache import LatentCache
 from encoder_transformer.embedding import build_token_embedding
 
 VARIANTS = {

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from encoder_transformer.attention import attend
 from encoder_transformer.config import TransformerConfig
 from encoder_transformer.embedding import build_token_embedding
 from encoder_transformer.encoder import (
@@ -13,6 +12,7 @@ from encoder_transformer.encoder import (
 )
 from encoder_transformer.latent_attention import MultiHeadLatentAttention
 from encoder_transformer.positional import RotaryEmbedding
+from encoder_transformer.scaled_dot_product import attend
 
 D_MODEL, HEADS, KV_LATENT, ROPE = 32, 4, 24, 4
 
@@ -224,12 +224,44 @@ def test_config_dict_without_the_attention_keys_still_loads():
     assert config == TransformerConfig(d_model=64, n_heads=4, positions="rope")
 
 
+def rotate_by_hand(channels, positions, base=10000.0):
+    """RoPE written out: pair (x_i, x_{i+d/2}) turned by the angle p·base^(-2i/d).
+
+    ``channels`` ``(..., s, d)``; ``positions`` ``(s,)``.
+    """
+    half = channels.size(-1) // 2
+    frequencies = base ** (-torch.arange(half, dtype=torch.float32) * 2 / (2 * half))
+    angles = positions[:, None].float() * frequencies  # (s, d/2)
+    cos, sin = angles.cos(), angles.sin()
+    first, second = channels[..., :half], channels[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], -1)
+
+
 def test_latent_rope_rotates_only_its_rotary_part():
-    """An odd head_dim is fine for MLA with RoPE: only rope_head_dim must be even."""
+    """Queries and the cached key: the content part as projected, the decoupled
+    rotary part turned by its position; an odd head_dim is fine (only d_r is even)."""
     config = TransformerConfig(
         d_model=24, n_heads=8, attention="latent", positions="rope"
     )
     assert (config.head_dim, config.rope_head_dim) == (3, 2)
+    attention = build_self_attention(config, build_rotary(config)).eval()
+    d_h, d_r, d_c = 3, 2, config.kv_latent_dim
+    states = torch.randn(2, 5, 24)
+    offset = 7
+    positions = torch.arange(offset, offset + 5)
+    with torch.no_grad():
+        projected = attention.query(states).view(2, 5, 8, d_h + d_r).transpose(1, 2)
+        queries = attention.project_queries(states, offset)
+        down = attention.kv_down(states)
+        entries = attention.compress(states, offset)
+    torch.testing.assert_close(queries[..., :d_h], projected[..., :d_h])
+    expected_rotary_queries = rotate_by_hand(projected[..., d_h:], positions)
+    torch.testing.assert_close(queries[..., d_h:], expected_rotary_queries)
+    torch.testing.assert_close(entries[..., :d_c], attention.kv_norm(down[..., :d_c]))
+    expected_rotary_key = rotate_by_hand(down[..., d_c:], positions)
+    torch.testing.assert_close(entries[..., d_c:], expected_rotary_key)
+    # The rotation is not the identity here: every position is past 0.
+    assert not torch.allclose(entries[..., d_c:], down[..., d_c:], atol=1e-3)
 
 
 @pytest.mark.parametrize(

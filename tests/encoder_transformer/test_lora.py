@@ -14,13 +14,13 @@ from encoder_transformer.embedding import build_token_embedding
 from encoder_transformer.encoder import TransformerEncoder
 from encoder_transformer.lora import (
     LoRAConfig,
-    LoRALinear,
     add_lora,
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
     merge_lora,
 )
+from encoder_transformer.lora_linear import LoRALinear
 from machine_translation.model import Seq2SeqTransformer
 
 # (model kind, activation, LoRA config): every model of the toolkit, both FFNs, the
@@ -126,25 +126,6 @@ def test_a_fused_layer_adapts_only_the_rows_of_its_targets(tiny_config):
     delta = fused.delta_weight()  # (2·d_ff, d)
     assert delta[:d_ff].abs().sum() > 0
     assert torch.equal(delta[d_ff:], torch.zeros_like(delta[d_ff:]))
-
-
-def test_gate_and_up_adapters_equal_adapters_on_separate_matrices():
-    fused = nn.Linear(6, 2 * 4)
-    adapted = LoRALinear(fused, rank=2, alpha=2.0, slices=[(0, 4), (4, 8)])
-    randomize_adapters(adapted)
-    gate, up = nn.Linear(6, 4), nn.Linear(6, 4)
-    with torch.no_grad():  # the same weights, split into two layers
-        for part, layer in enumerate((gate, up)):
-            layer.weight.copy_(fused.weight[4 * part : 4 * part + 4])
-            layer.bias.copy_(fused.bias[4 * part : 4 * part + 4])
-    separate = [LoRALinear(layer, rank=2, alpha=2.0) for layer in (gate, up)]
-    with torch.no_grad():
-        for part, lora in enumerate(separate):
-            lora.lora_A.copy_(adapted.lora_A[2 * part : 2 * part + 2])
-            lora.lora_B.copy_(adapted.lora_B[4 * part : 4 * part + 4])
-    inputs = torch.randn(3, 6)
-    expected = torch.cat([lora(inputs) for lora in separate], dim=-1)
-    torch.testing.assert_close(adapted(inputs), expected)
 
 
 def test_adapter_state_dict_round_trip_and_mismatch(tiny_config):

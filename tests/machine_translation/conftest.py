@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from machine_translation.config import (
+from machine_translation.config.compose import (
     CONFIG_DIR,
     PROJECT_ROOT,
     register_configs,
@@ -33,7 +33,7 @@ def compose_config(runs_dir: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """A run directory of the smoke experiment (tiny model, 60 steps, ~10 s)."""
-    from machine_translation.train import train
+    from machine_translation.training.recipes import train
 
     return train(compose_config(tmp_path_factory.mktemp("runs")))
 
@@ -63,7 +63,7 @@ def compose_gpt_config(runs_dir: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def verse_run(tmp_path_factory) -> Path:
     """A tiny GPT run that has learned :data:`VERSE` by heart (~5 s)."""
-    from machine_translation.train import train
+    from machine_translation.training.recipes import train
 
     root = tmp_path_factory.mktemp("gpt")
     (root / "verse.txt").write_text(VERSE * 60, encoding="utf-8")

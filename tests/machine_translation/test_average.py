@@ -9,13 +9,10 @@ import torch
 from conftest import PROJECT_ROOT
 
 from machine_translation import average, evaluate
-from machine_translation.checkpoint import (
-    CheckpointError,
-    average_checkpoints,
-    load_translation_model,
-    save_checkpoint,
-    step_checkpoints,
-)
+from machine_translation.checkpoints.averaging import average_checkpoints
+from machine_translation.checkpoints.files import CheckpointError, save_checkpoint
+from machine_translation.checkpoints.loading import load_translation_model
+from machine_translation.checkpoints.runs import step_checkpoints
 from machine_translation.model import Seq2SeqTransformer
 
 TIED = ("encoder.embedding.tokens.weight", "decoder.embedding.tokens.weight")

@@ -4,13 +4,13 @@ import pickle
 import pytest
 import torch
 
-from machine_translation.checkpoint import (
+from machine_translation.checkpoints.files import (
     FORMAT_VERSION,
     CheckpointError,
-    find_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from machine_translation.checkpoints.runs import find_checkpoint
 
 
 def test_round_trip_with_weights_only(tmp_path):

@@ -2,28 +2,36 @@
 
 import copy
 import multiprocessing
+import re
 import shutil
 
 import pytest
 import torch
-from test_translate import run_translate
+from helpers import run_translate
 
 from encoder_transformer.config import TransformerConfig
-from machine_translation.compiled_step import (
-    compiled_package,
-    for_compiled_inference,
-    package_path,
-    programs,
-)
-from machine_translation.decoding_processes import DecodingProcesses
+from machine_translation.config.schema import DecodingConfig
+from machine_translation.inference import fast
+from machine_translation.inference.batch_translation import search_batch
+from machine_translation.inference.beam_search import beam_search
+from machine_translation.inference.decoders import InProcess
+from machine_translation.inference.fast.compiled_model import CompiledModel
+from machine_translation.inference.fast.packages import compiled_package, package_path
+from machine_translation.inference.fast.programs import programs
+from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime import for_inference
-from machine_translation.search import beam_search, greedy_search
-from machine_translation.translator import search_batch, translate_token_ids
+from machine_translation.runtime.devices import for_inference
 
 PAD, BOS, EOS = 0, 1, 2
-# AOTInductor's loader uses a deprecated TorchScript decorator (not our code).
-pytestmark = pytest.mark.filterwarnings("ignore:.*script_method:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,  # compiling the programs takes minutes on 2 cores
+    pytest.mark.skipif(
+        not (shutil.which("g++") or shutil.which("c++")),
+        reason="compiling programs needs a C++ compiler (g++)",
+    ),
+    # AOTInductor's loader uses a deprecated TorchScript decorator (not our code).
+    pytest.mark.filterwarnings("ignore:.*script_method:DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +73,17 @@ def counting(run, counts: dict, name: str):
 
 
 def eager_and_compiled(model, packages):
-    """The model in eager mode and with compiled programs that count their runs."""
+    """The model in eager mode, the compiled model, and how often each of its
+    programs ran (counted by wrapping the loaded programs of the test's copy)."""
     eager = for_inference(copy.deepcopy(model), "fp32")
     folder = next(iter(packages.values())).parent  # compiled: loaded, not built
-    compiled = for_compiled_inference(copy.deepcopy(model), "fp32", folder, [1, 3])
-    counts = compiled.counts = {}
-    encoder, step = compiled.encode, compiled.decode_step
+    compiled = CompiledModel(copy.deepcopy(model), "fp32", folder, [1, 3])
+    counts: dict = {}
+    encoder, step = compiled.encoder, compiled.step
     encoder.run = counting(encoder.run, counts, "encoder")
     step.first_step = counting(step.first_step, counts, "first_step")
     step.steps = {g: counting(run, counts, g) for g, run in step.steps.items()}
-    return eager, compiled
+    return eager, compiled, counts
 
 
 def random_sources(count=12, vocabulary=37, longest=14):
@@ -86,7 +95,7 @@ def random_sources(count=12, vocabulary=37, longest=14):
 
 
 def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
-    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     sources, mask = random_sources()
     tokens = torch.randint(3, 37, (sources.size(0), 20))  # the caches grow at 16
     with torch.inference_mode():
@@ -97,26 +106,26 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
             expected = eager.decode_step(step, states, mask, caches[0])
             actual = compiled.decode_step(step, states, mask, caches[1])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-        assert compiled.counts == {"encoder": 0, "first_step": 1, 1: 19, 3: 0}
+        assert counts == {"encoder": 0, "first_step": 1, 1: 19, 3: 0}
         pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
         for ours, theirs in pairs:
             torch.testing.assert_close(ours.read(), theirs.read())
 
 
 def test_compiled_encoder_gives_the_eager_states(tiny_model_and_packages):
-    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     with torch.inference_mode():
         for longest, runs in ((30, 1), (14, 1)):  # fp32: 17 tokens and more
             sources, mask = random_sources(longest=longest)
             expected = eager.encode(sources, mask)
             actual = compiled.encode(sources, mask)
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-            assert compiled.counts["encoder"] == runs  # shorter: eager
+            assert counts["encoder"] == runs  # shorter: eager
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_compiled_search_equals_eager_search(tiny_model_and_packages, beam_size):
-    eager, compiled = eager_and_compiled(*tiny_model_and_packages)
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     sources, mask = random_sources(longest=30)
     settings = {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD}
     if beam_size == 1:
@@ -131,20 +140,21 @@ def test_compiled_search_equals_eager_search(tiny_model_and_packages, beam_size)
     best = [row[0] for row in expected] if beam_size > 1 else expected
     assert len({len(tokens) for tokens in best}) > 2  # sentences end at other steps
     assert actual == expected
-    assert compiled.counts["encoder"] == compiled.counts["first_step"] == 1
-    assert compiled.counts[beam_size] > 0
+    assert counts["encoder"] == counts["first_step"] == 1
+    assert counts[beam_size] > 0
 
 
 def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
     model, packages = tiny_model_and_packages
-    _, compiled = eager_and_compiled(model, packages)
+    _, compiled, counts = eager_and_compiled(model, packages)
     folder = next(iter(packages.values())).parent
     sources, mask = random_sources(longest=30)
     batches = [row[keep].tolist() for row, keep in zip(sources, mask, strict=True)]
     batches = [batches[:5], batches[5:]]
     threads = torch.get_num_threads()  # as here, for the same sums
     children = len(multiprocessing.active_children())
-    with DecodingProcesses(model, "fp32", folder, [1, 3], 2, threads) as workers:
+    torch.set_num_threads(threads)  # what each worker process takes
+    with fast.prepare(model, "fp32", folder, [1, 3], workers=2) as workers:
         workers.wait_until_loaded(timeout=300)
         workers.wait_until_loaded(timeout=0)  # still loaded
         assert len(multiprocessing.active_children()) == children + 2
@@ -153,14 +163,15 @@ def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
                 "special_ids": (PAD, BOS, EOS),
                 "device": torch.device("cpu"),
                 "precision": "fp32",
-                "beam_size": beam_size,
+                "decoding": DecodingConfig(beam_size=beam_size),
                 "nbest": beam_size,
             }
             expected = [search_batch(compiled, batch, **options) for batch in batches]
             assert workers.map(search_batch, batches, **options) == expected
-    assert compiled.counts[3] > 0  # here too, the compiled programs ran
-    with pytest.raises(ValueError, match="interpreter lock"):  # threads: refused
-        translate_token_ids(compiled, None, batches[0], torch.device("cpu"), workers=2)
+    assert counts[3] > 0  # here too, the compiled programs ran
+    with fast.prepare(model, "fp32", folder, [1, 3], workers=1) as here:
+        assert isinstance(here, InProcess)  # one worker: no process to start
+        assert len(multiprocessing.active_children()) == children
 
 
 def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
@@ -184,12 +195,16 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "compiling step_beams1 once" in first.stderr
     assert len(first.stdout.splitlines()) == 2
-    built = sorted(path.name for path in (checkpoint.parent / "compiled").iterdir())
-    assert [name.split("_bf16_")[0] for name in built] == programs([1])
+    folder = checkpoint.parent / "compiled"
+    built = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    # One package per program, named <program>_<precision>_<fingerprint>.pt2.
+    named = [re.fullmatch(r"(.+)_(bf16|fp32)_[0-9a-f]{16}\.pt2", n) for n in built]
+    assert sorted(match.group(1) for match in named) == sorted(programs([1]))
     again = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
     assert again.stdout == first.stdout
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == built
     refused = run_translate(*arguments, "--device", "cuda", "A dog.")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     # Two worker processes, one sentence per batch: the same lines, in order.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoder_transformer.gpt import GPT
-from machine_translation.config import CONFIG_DIR, load_model_config
+from machine_translation.config.compose import CONFIG_DIR, load_model_config
 from machine_translation.model import Seq2SeqTransformer
 
 MODEL_FILES = sorted((CONFIG_DIR / "model").glob("*.yaml"))

@@ -8,14 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from machine_translation.data import (
-    Batch,
-    CorpusSpec,
-    DataError,
-    ParallelCorpus,
-    TokenBatchSampler,
-    clean_corpus,
-    collate,
+from machine_translation.data.batching import Batch, TokenBatchSampler, collate
+from machine_translation.data.cleaning import clean_corpus
+from machine_translation.data.corpus import CorpusSpec, DataError, ParallelCorpus
+from machine_translation.data.readers import (
     load_corpus,
     load_hf_dataset,
     read_aligned_files,
@@ -412,7 +408,7 @@ def test_collate_rejects_mismatched_lists():
 
 
 def test_block_sampler_resumes_and_shards_like_one_process():
-    from machine_translation.text_data import BlockSampler
+    from machine_translation.data.text import BlockSampler
 
     def epoch(sampler):
         return [starts for starts in sampler]
@@ -440,7 +436,7 @@ def test_block_sampler_resumes_and_shards_like_one_process():
 
 
 def test_text_files_split_and_errors(tmp_path):
-    from machine_translation.text_data import read_text, split_text
+    from machine_translation.data.text import read_text, split_text
 
     path = tmp_path / "text.txt"
     path.write_text("abc\ndef\n", encoding="utf-8")

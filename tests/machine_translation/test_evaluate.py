@@ -5,7 +5,8 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from machine_translation import evaluate
-from machine_translation.evaluate import builtin_test_set, file_test_set, score
+from machine_translation.evaluation.scoring import score
+from machine_translation.evaluation.test_sets import builtin_test_set, file_test_set
 
 
 def run_evaluate(*arguments: str) -> subprocess.CompletedProcess:

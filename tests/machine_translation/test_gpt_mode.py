@@ -9,10 +9,11 @@ import torch
 from conftest import PROJECT_ROOT, VERSE, compose_gpt_config
 
 from decoder_transformer.gpt import GPT
-from machine_translation.checkpoint import load_checkpoint, load_language_model
-from machine_translation.generation import generate
-from machine_translation.search import Sampling, sample_next_tokens
-from machine_translation.train import train
+from machine_translation.checkpoints.files import load_checkpoint
+from machine_translation.checkpoints.loading import load_language_model
+from machine_translation.inference.generation import generate
+from machine_translation.inference.sampling import Sampling, sample_next_tokens
+from machine_translation.training.recipes import train
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from machine_translation.inference.beam_search import beam_search
+from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.search import beam_search, greedy_search
 
 PAD, BOS, EOS, FIRST_SYMBOL, VOCAB = 0, 1, 2, 3, 13
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from machine_translation.loss import label_smoothed_cross_entropy
+from machine_translation.training.loss import label_smoothed_cross_entropy
 
 PAD = 0
 

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from machine_translation.model import Seq2SeqTransformer
-from machine_translation.search import (
+from machine_translation.inference.greedy_search import greedy_search
+from machine_translation.inference.sampling import (
     Sampling,
-    greedy_search,
     keep_top_k,
     keep_top_p,
     sample_next_tokens,
 )
+from machine_translation.model import Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from machine_translation.schedule import build_scheduler, lr_multiplier
+from machine_translation.training.schedule import build_scheduler, lr_multiplier
 
 
 @pytest.mark.parametrize("kind", ["inverse_sqrt", "cosine", "constant"])

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from machine_translation.inference.beam_search import beam_search
+from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.search import beam_search, greedy_search
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models
 
-from machine_translation.tokenizer import (
+from machine_translation.data.bpe_tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
     PAD_TOKEN,
@@ -227,7 +227,8 @@ def test_smallest_vocabulary_is_bytes_only_and_still_lossless():
 
 
 def test_char_tokenizer_round_trip_unknowns_and_json():
-    from machine_translation.tokenizer import CharTokenizer, tokenizer_from_json
+    from machine_translation.data.char_tokenizer import CharTokenizer
+    from machine_translation.data.tokenizers import tokenizer_from_json
 
     text = "ROMEO:\nBut, soft! what light through yonder window breaks?"
     tokenizer = CharTokenizer.train(text)

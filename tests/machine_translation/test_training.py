@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, compose_config
 
-from machine_translation.checkpoint import load_checkpoint
-from machine_translation.train import train
+from machine_translation.checkpoints.files import load_checkpoint
+from machine_translation.training.recipes import train
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

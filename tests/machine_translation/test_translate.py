@@ -1,25 +1,11 @@
 """The translate command line, through a subprocess as a user runs it."""
 
-import subprocess
-import sys
-
 import pytest
-from conftest import PROJECT_ROOT
+from helpers import run_translate
 
-from machine_translation.search import Sampling
-from machine_translation.translator import Translator
-
-
-def run_translate(*arguments, stdin: str | bytes = "", **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "machine_translation.translate", *arguments],
-        cwd=PROJECT_ROOT,
-        input=stdin,
-        capture_output=True,
-        text=isinstance(stdin, str),
-        timeout=300,
-        **kwargs,
-    )
+from machine_translation.config.schema import DecodingConfig
+from machine_translation.inference.sampling import Sampling
+from machine_translation.inference.translator import Translator
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +90,13 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 
 def test_translator_api(checkpoint):
-    translator = Translator(checkpoint, device="cpu", beam_size=3, nbest=2)
+    translator = Translator(
+        checkpoint, device="cpu", decoding=DecodingConfig(beam_size=3), nbest=2
+    )
     results = translator.translate(["A dog runs.", ""])
     assert len(results[0]) == 2 and results[1][0].text == ""
     with pytest.raises(ValueError, match="nbest"):
-        Translator(checkpoint, beam_size=2, nbest=3)
+        Translator(checkpoint, decoding=DecodingConfig(beam_size=2), nbest=3)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -120,13 +108,17 @@ def test_parallel_workers_give_the_same_translations_in_order(checkpoint, beam_s
         "Children play football on a sunny beach near the sea.",
         "A man rides a bicycle.",
     ] * 7  # 35 sentences: 9 batches of 4, decoded two at a time
-    one = Translator(checkpoint, device="cpu", beam_size=beam_size, batch_size=4)
-    two = Translator(
-        checkpoint, device="cpu", beam_size=beam_size, batch_size=4, workers=2
-    )
+    decoding = DecodingConfig(beam_size=beam_size, batch_size=4)
+    one = Translator(checkpoint, device="cpu", decoding=decoding)
+    two = Translator(checkpoint, device="cpu", decoding=decoding, workers=2)
     assert two.translate(sentences) == one.translate(sentences)
     with pytest.raises(ValueError, match="1 for sampling"):
-        Translator(checkpoint, beam_size=1, sampling=Sampling(), workers=2)
+        Translator(
+            checkpoint,
+            decoding=DecodingConfig(beam_size=1),
+            sampling=Sampling(),
+            workers=2,
+        )
 
 
 def test_workers_option_on_stdin(checkpoint):

@@ -1,0 +1,204 @@
+"""Scaled dot-product attention: ``softmax(Q Kᵀ / √d_h) V`` on heads, as a function.
+
+Each query token builds a weighted average of value vectors; the weights are the
+softmax of its scaled dot products with the keys. :func:`attend` computes this for
+heads already split, ``(b, h, s, d_h)``, with padding and causality, and with fewer
+key/value heads than query heads (GQA, MQA). The modules that project hidden states
+into heads (``attention.MultiHeadAttention``, ``latent_attention``) call it.
+
+The arithmetic is PyTorch's ``scaled_dot_product_attention`` (SDPA), except where a
+measured faster way exists on a CPU: the kernel choice for short bf16 inputs
+(:func:`sdpa_backend`) and two plain batched products for a decoding step
+(:func:`attend_written_out`).
+
+Shapes: ``b`` batch, ``s_q`` query length, ``s_kv`` key length, ``h`` query heads,
+``h_kv`` key/value heads, ``d_qk`` query/key width, ``d_v`` value width.
+Masks are bool and **True where a token is real / may be attended to**.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from encoder_transformer.masks import attention_mask
+
+# Longest key sequence for which the math kernel beats the CPU flash kernel in bf16.
+CPU_MATH_KERNEL_MAX_KEYS = 256
+
+
+def sdpa_backend(queries: Tensor, key_length: int) -> contextlib.AbstractContextManager:
+    """Which SDPA kernel to run: PyTorch's choice, except bf16/fp16 on a CPU.
+
+    Measured on an AVX-512 BF16 CPU (torch 2.13, forward + backward, 4 heads of 64):
+    in bf16 the CPU flash kernel is slower than the plain (math) kernel up to 256 keys
+    (5x at 16 keys, 1.5x at 64-128, even for one-query decoding steps); in fp32 the
+    flash kernel is the faster one. Translation sentences are short, so this matters.
+    """
+    low_precision = queries.dtype in (torch.bfloat16, torch.float16)
+    short = key_length <= CPU_MATH_KERNEL_MAX_KEYS
+    if queries.device.type == "cpu" and low_precision and short:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
+# Most queries at once that a decoding step attends with (e.g. the beams of one
+# sentence, folded over its source), for the written-out CPU path below.
+DECODING_STEP_MAX_QUERIES = 16
+
+
+def attend(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_padding_mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """``softmax(Q Kᵀ · scale) V`` on SDPA, with padding and (bottom-right) causality.
+
+    Keys and values in a wider type than the queries (a KV cache kept in fp32 for
+    bf16 decoding on a CPU, see ``decoder_transformer.kv_cache``) make the attention
+    run in their type; the result comes back in the queries' type.
+
+    Args:
+        queries: ``(b, h, s_q, d_qk)``.
+        keys: ``(b, h_kv, s_kv, d_qk)``; ``h_kv`` divides ``h`` (GQA/MQA).
+        values: ``(b, h_kv, s_kv, d_v)``.
+        key_padding_mask: ``(b, s_kv)`` bool, True for real keys, or None.
+        is_causal: Query ``i`` (at position ``s_kv - s_q + i``) sees keys up to it.
+        dropout: Dropout probability on the attention weights (pass 0 in eval).
+        scale: Factor on the scores; None means ``1/√d_qk``.
+
+    Returns:
+        ``(b, h, s_q, d_v)``.
+    """
+    if keys.dtype != queries.dtype:
+        attended = attend(
+            queries.to(keys.dtype),
+            keys,
+            values,
+            key_padding_mask,
+            is_causal,
+            dropout,
+            scale,
+        )
+        return attended.to(queries.dtype)
+    query_length, key_length = queries.size(2), keys.size(2)
+    # A single new query comes after every cached key: causality is automatic.
+    is_causal = is_causal and query_length > 1
+    if not is_causal and is_cpu_decoding_step(queries, dropout):
+        return attend_written_out(queries, keys, values, key_padding_mask, scale)
+    if query_length == 1 and queries.size(1) > keys.size(1):
+        return _attend_one_query_per_group(
+            queries, keys, values, key_padding_mask, dropout, scale
+        )
+    # Without padding, a square causal mask is SDPA's own (fastest) case.
+    builtin_causal = is_causal and key_padding_mask is None
+    builtin_causal = builtin_causal and query_length == key_length
+    mask = None
+    if not builtin_causal:
+        mask = attention_mask(key_padding_mask, query_length, key_length, is_causal)
+    # SDPA scales by 1/√d_qk so that dot products of random d_qk-dimensional vectors
+    # keep unit variance and softmax does not saturate.
+    with sdpa_backend(queries, key_length):
+        return F.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=builtin_causal,
+            scale=scale,
+            enable_gqa=keys.size(1) != queries.size(1),
+        )
+
+
+def is_cpu_decoding_step(queries: Tensor, dropout: float) -> bool:
+    """Whether :func:`attend_written_out` is the faster way for these queries.
+
+    A decoding step attends from one query per row (or a sentence's few beams) over
+    a cache. On a CPU, SDPA's kernels are built for many queries: for such a step
+    in fp32 the flash kernel spends more on its setup than on the arithmetic, and in
+    bf16 SDPA and batched products alike copy the cached keys and values (a view of
+    a larger buffer) before multiplying. Two batched fp32 products read them where
+    they are (``bench/README.md``, "Decoding speed"), hence the fp32 cache. Inference
+    only: training keeps SDPA's fused backward pass.
+    """
+    return (
+        not torch.is_grad_enabled()
+        and queries.device.type == "cpu"
+        and queries.dtype == torch.float32
+        and queries.size(-2) <= DECODING_STEP_MAX_QUERIES
+        and dropout == 0.0
+    )
+
+
+def attend_written_out(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """``softmax(Q Kᵀ · scale) V`` as two batched products (no causal mask).
+
+    With shared key/value heads (GQA/MQA), the ``h / h_kv`` query heads of a group
+    are stacked as queries of their key/value head, so nothing is repeated.
+
+    Args:
+        queries: ``(b, h, s_q, d_qk)``.
+        keys: ``(b, h_kv, s_kv, d_qk)`` (a view of a cache is fine).
+        values: ``(b, h_kv, s_kv, d_v)``.
+        key_padding_mask: ``(b, s_kv)`` bool, True for real keys, or None.
+        scale: Factor on the scores; None means ``1/√d_qk``.
+
+    Returns:
+        ``(b, h, s_q, d_v)``.
+    """
+    batch, heads, query_length, width = queries.shape
+    scale = width**-0.5 if scale is None else scale
+    grouped = queries.reshape(batch, keys.size(1), -1, width)  # (b, h_kv, ·, d_qk)
+    scores = torch.matmul(grouped * scale, keys.transpose(-2, -1))  # (b, h_kv, ·, s_kv)
+    mask = attention_mask(key_padding_mask, 1, keys.size(-2), is_causal=False)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    attended = torch.matmul(scores.softmax(dim=-1), values)
+    return attended.view(batch, heads, query_length, -1)
+
+
+def _attend_one_query_per_group(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_padding_mask: Tensor | None,
+    dropout: float,
+    scale: float | None,
+) -> Tensor:
+    """:func:`attend` for one decoding step ``(b, h, 1, d_qk)`` with shared KV heads.
+
+    The ``h / h_kv`` query heads of a group read the same keys, so they are stacked as
+    that many queries of one head: ``(b, h_kv, h / h_kv, d_qk)``. This is one matrix
+    product per key/value head over the cache, where SDPA's ``enable_gqa`` would
+    repeat the keys and values per query head (2.5x slower for MQA on a CPU, at batch
+    64 and 256 cached positions; far more for MLA's single wide latent head).
+    """
+    batch, heads, _, width = queries.shape
+    grouped = queries.view(batch, keys.size(1), heads // keys.size(1), width)
+    mask = attention_mask(key_padding_mask, 1, keys.size(2), is_causal=False)
+    with sdpa_backend(queries, keys.size(2)):
+        attended = F.scaled_dot_product_attention(
+            grouped, keys, values, attn_mask=mask, dropout_p=dropout, scale=scale
+        )  # (b, h_kv, h / h_kv, d_v)
+    return attended.view(batch, heads, 1, -1)
+
+
+def merge_heads(heads: Tensor) -> Tensor:
+    """``(b, h, s, d_h)`` → ``(b, s, h·d_h)``, the input of the output projection."""
+    batch, _, length, _ = heads.shape
+    return heads.transpose(1, 2).reshape(batch, length, -1)

@@ -1,0 +1,208 @@
+"""A model whose encoder and decoding steps run as compiled programs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from decoder_transformer.cache import DecoderCache
+from machine_translation.inference.fast.packages import (
+    compiled_packages,
+)
+from machine_translation.inference.fast.programs import (
+    MOST_SOURCES,
+    SMALLEST_CAPACITY,
+    encoder_lengths,
+    step_program,
+)
+from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.devices import for_inference
+
+
+class CompiledEncoder:
+    """``encode`` of a model, run by its compiled encoder where it can be.
+
+    Args:
+        package: The ``encoder`` package of this model.
+        eager_encode: The model's own ``encode``, for other lengths.
+        lengths: The shortest and longest sources the package takes
+            (:func:`encoder_lengths`).
+    """
+
+    def __init__(self, package: Path, eager_encode, lengths: tuple[int, int]) -> None:
+        self.run = torch._inductor.aoti_load_package(str(package))
+        self.eager_encode, self.lengths = eager_encode, lengths
+
+    def __call__(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """``(b, s_src)`` ids and mask → ``(b, s_src, d)`` encoder hidden states."""
+        rows, length = source_ids.shape
+        shortest, longest = self.lengths
+        if not shortest <= length <= longest or rows > MOST_SOURCES:
+            return self.eager_encode(source_ids, source_mask)
+        if source_mask is None:
+            source_mask = torch.ones(rows, length, dtype=torch.bool)
+        # The package reads its inputs as contiguous tensors.
+        return self.run(source_ids.contiguous(), source_mask.contiguous())
+
+
+class CompiledStep:
+    """``decode_step`` of a model, run by compiled packages where they can be.
+
+    Args:
+        first_step: The ``first_step`` package of this model.
+        steps: For each number of hypotheses per sentence (1 for greedy search,
+            the beam size for beam search), the package of its :func:`step_program`.
+        eager_step: The model's own ``decode_step``, for the steps no package takes.
+    """
+
+    def __init__(self, first_step: Path, steps: dict[int, Path], eager_step) -> None:
+        self.first_step = torch._inductor.aoti_load_package(str(first_step))
+        self.steps = {
+            beams: torch._inductor.aoti_load_package(str(package))
+            for beams, package in steps.items()
+        }
+        self.eager_step = eager_step
+        self.no_positions = torch.empty(())  # expanded: a size without memory
+
+    def __call__(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+    ) -> Tensor:
+        """The ``decode_step`` contract: ``(b, 1, v)`` logits; ``cache`` extended."""
+        if target_ids.size(1) == 1 and cache.length == 0:
+            logits = self.start(target_ids, encoder_hidden_states, source_mask, cache)
+        elif target_ids.size(1) == 1:
+            logits = self.go_on(target_ids, source_mask, cache)
+        else:
+            logits = None
+        if logits is None:  # sizes the packages were not built for
+            return self.eager_step(
+                target_ids, encoder_hidden_states, source_mask, cache
+            )
+        return logits.unsqueeze(1)
+
+    def start(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+    ) -> Tensor | None:
+        """The first step's ``(b, v)`` logits; fills the empty caches."""
+        rows, source_length, _ = encoder_hidden_states.shape
+        if target_ids.size(0) != rows or rows > MOST_SOURCES:
+            return None
+        if source_mask is None:
+            source_mask = torch.ones(rows, source_length, dtype=torch.bool)
+        # The package reads its inputs as contiguous tensors.
+        logits, *appended = self.first_step(
+            target_ids.contiguous(),
+            encoder_hidden_states.contiguous(),
+            source_mask.contiguous(),
+        )
+        n = len(cache.self_attention)
+        for layer, layer_cache in enumerate(cache.self_attention):
+            layer_cache.update(appended[layer], appended[n + layer])
+        for layer, layer_cache in enumerate(cache.cross_attention):
+            layer_cache.update(appended[2 * n + layer], appended[3 * n + layer])
+        return logits
+
+    def go_on(
+        self, target_ids: Tensor, source_mask: Tensor | None, cache: DecoderCache
+    ) -> Tensor | None:
+        """A later step's ``(b, v)`` logits; writes into the caches' buffers."""
+        sources = cache.cross_attention[0].batch
+        beams, left = divmod(target_ids.size(0), sources)
+        run = self.steps.get(beams)
+        if run is None or left or sources > MOST_SOURCES:
+            return None
+        own = [layer.storage(room=1) for layer in cache.self_attention]
+        if own[0][0].size(2) < SMALLEST_CAPACITY:
+            return None
+        source = [layer.storage() for layer in cache.cross_attention]
+        if source_mask is None:
+            source_mask = torch.ones(
+                sources, cache.cross_attention[0].length, dtype=torch.bool
+            )
+        buffers = (
+            [keys for keys, _ in own]
+            + [values for _, values in own]
+            + [keys for keys, _ in source]
+            + [values for _, values in source]
+        )
+        logits = run(
+            target_ids.contiguous(),
+            source_mask.contiguous(),
+            self.no_positions.expand(cache.length),
+            tuple(buffers),
+        )
+        for layer in cache.self_attention:
+            layer.advance(1)
+        return logits
+
+
+class CompiledModel:
+    """A translation model whose encoder and decoding steps run as compiled
+    programs where they can, and as the model's own code elsewhere.
+
+    It is what a search needs of a model (``inference.decoders.StepDecoder``);
+    the model itself is left as it is. Decode with it one batch at a time: a
+    compiled program holds Python's interpreter lock while it runs, so threads
+    would take turns (several batches at once run on worker processes,
+    :mod:`machine_translation.inference.fast.processes`).
+
+    Args:
+        model: A model as loaded, on the CPU (converted in place to ``precision``
+            for the eager fallback, as by ``runtime.devices.for_inference``).
+        precision: ``bf16`` or ``fp32``.
+        directory: Where the packages are kept (compiled there first if missing).
+        beam_sizes: The searches to compile a step for (1 = greedy).
+
+    Raises:
+        ValueError: the model is not on the CPU, or not covered (see
+            :func:`~machine_translation.inference.fast.packages.check_supported`).
+        CompileError: compiling failed.
+    """
+
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        precision: str,
+        directory: Path,
+        beam_sizes: Sequence[int] = (1,),
+    ) -> None:
+        packages = compiled_packages(model, directory, precision, beam_sizes)
+        lengths = encoder_lengths(model, precision)
+        self.model = for_inference(model, precision)
+        self.config = model.config
+        self.encoder = CompiledEncoder(packages["encoder"], self.model.encode, lengths)
+        steps = {g: packages[step_program(g)] for g in set(beam_sizes)}
+        self.step = CompiledStep(packages["first_step"], steps, self.model.decode_step)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The eager model's weights (their type is the programs' precision)."""
+        return self.model.parameters()
+
+    def encode(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """``(b, s_src)`` ids and mask → ``(b, s_src, d)`` encoder states."""
+        return self.encoder(source_ids, source_mask)
+
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty cache, as the model's own."""
+        return self.model.new_cache(capacity)
+
+    def decode_step(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+    ) -> Tensor:
+        """``(b, 1)`` ids → ``(b, 1, v)`` logits; extends ``cache``."""
+        return self.step(target_ids, encoder_hidden_states, source_mask, cache)

@@ -1,0 +1,161 @@
+"""Compiled packages on disk: named by what they came from, compiled once."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import decoder_transformer
+import encoder_transformer
+from machine_translation.inference.fast.programs import (
+    export_program,
+    programs,
+)
+from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.devices import precision_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def package_path(
+    model: Seq2SeqTransformer, directory: Path, precision: str, program: str
+) -> Path:
+    """Where ``model``'s compiled ``program`` is kept: named by what it came from.
+
+    A package embeds the weights and the code it was compiled from, so its name
+    holds the program (:func:`programs`), the precision and a fingerprint of the
+    weights, of the model's source code (the two lower packages and this module)
+    and of PyTorch's version: a retrained or averaged model, or changed code, gets
+    a package of its own.
+    """
+    digest = hashlib.sha256(torch.__version__.encode())
+    here = Path(__file__).parent
+    sources = [here / "programs.py", here / "stand_in_cache.py"]
+    for package in (encoder_transformer, decoder_transformer):
+        sources += sorted(Path(package.__file__).parent.glob("*.py"))
+    for source in sources:
+        digest.update(source.read_bytes())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+        )
+    return directory / f"{program}_{precision}_{digest.hexdigest()[:16]}.pt2"
+
+
+def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
+    """Raises ValueError for what a compiled step does not cover."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision={precision!r}: a compiled step is bf16 or fp32")
+    if model.config.attention != "standard":
+        raise ValueError("a compiled step needs standard attention (not latent)")
+
+
+def compile_program(
+    model: Seq2SeqTransformer, program: str, path: Path, precision: str = "bf16"
+) -> Path:
+    """Exports and compiles ``model``'s ``program`` into the package ``path``.
+
+    Args:
+        model: A translation model as loaded, not prepared for inference (left
+            unchanged: a copy is compiled).
+        program: ``encoder``, ``first_step`` or a :func:`step_program`.
+        path: The ``.pt2`` file to write (its folder is created).
+        precision: ``bf16`` or ``fp32``, the weights' type in the package.
+
+    Returns:
+        ``path``.
+    """
+    check_supported(model, precision)
+    dtype = precision_dtype(precision)
+    compiled = copy.deepcopy(model).to("cpu", dtype).eval().requires_grad_(False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    # Without gradients, inductor freezes the weights and prepacks the linear layers.
+    with torch.no_grad():
+        exported = export_program(compiled, program)
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(path), inductor_configs={"freezing": True}
+        )
+    logger.info("compiled %s in %.0f s: %s", program, time.perf_counter() - start, path)
+    return path
+
+
+class CompileError(RuntimeError):
+    """A program could not be compiled (e.g. no C++ compiler)."""
+
+
+def compiled_package(
+    model: Seq2SeqTransformer, directory: Path, precision: str, program: str
+) -> Path:
+    """The package of ``model``'s ``program`` in ``directory``, compiled if missing.
+
+    Call it before ``runtime.for_inference`` (which converts the model in place):
+    the program is compiled from a copy of the model as loaded.
+
+    Args:
+        model: A translation model as loaded.
+        directory: Where packages are kept.
+        precision: ``bf16`` or ``fp32``.
+        program: One of :func:`programs`.
+
+    Raises:
+        ValueError: a precision or an attention kind the compiled step lacks.
+        CompileError: compiling failed; the message says what to do.
+    """
+    check_supported(model, precision)
+    path = package_path(model, directory, precision, program)
+    if path.exists():
+        return path
+    logger.warning("compiling %s once (about half a minute)", program)
+    partial = path.with_suffix(".partial.pt2")
+    try:
+        compile_program(model, program, partial, precision)
+    except ValueError:
+        raise
+    except Exception as error:  # the compiler's or exporter's own errors
+        partial.unlink(missing_ok=True)
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CompileError(
+            f"could not compile {program} ({type(error).__name__}: {first_line}); "
+            "run without --compiled (compiling needs a C++ compiler such as g++)"
+        ) from error
+    partial.replace(path)  # whole packages only, even if interrupted
+    return path
+
+
+def compiled_packages(
+    model: Seq2SeqTransformer,
+    directory: Path,
+    precision: str,
+    beam_sizes: Sequence[int] = (1,),
+) -> dict[str, Path]:
+    """The packages of every program the searches need, compiled where missing.
+
+    Args:
+        model: A translation model as loaded, on the CPU.
+        directory: Where packages are kept.
+        precision: ``bf16`` or ``fp32``.
+        beam_sizes: The searches to compile a step for (1 = greedy).
+
+    Returns:
+        The package of each of :func:`programs`, by program.
+
+    Raises:
+        ValueError: the model is not on the CPU, or not covered (see
+            :func:`check_supported`).
+        CompileError: compiling failed.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"a compiled step runs on the CPU, not {device}")
+    return {
+        program: compiled_package(model, directory, precision, program)
+        for program in programs(beam_sizes)
+    }

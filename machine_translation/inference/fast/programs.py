@@ -1,0 +1,258 @@
+"""The encoder and the decoding step compiled ahead of time: faster translation
+on a CPU.
+
+A decoding step in eager PyTorch is about 170 small operations, each dispatched from
+Python; at one sentence at a time their overhead, not the arithmetic, sets the speed.
+AOTInductor compiles a model's programs into shared libraries once (fusing the
+small operations into a few C++ kernels, with the linear layers' weights
+prepacked), and a later process loads those packages (a few seconds, with the
+import of the compiler's runtime), as CTranslate2 converts a model once. Three
+programs make a search (:func:`programs`): the encoder, the first decoding step
+(which computes the source's keys and values) and the later steps. The load time
+makes it worth it for long inputs and long-lived processes, not for a few
+sentences; speeds are in ``bench/README.md``.
+
+Each program is exported as a function of explicit tensors. A later step takes the
+new tokens, the source mask and every layer's cache buffers, returns the logits,
+and writes the new positions' keys and values into the buffers in place, as the
+eager cache would append them (:meth:`KeyValueCache.storage`). Inside, the
+decoder's own modules run on stand-in caches (:class:`GivenCache`), so the
+compiled programs are the model's code, not a rewrite of it.
+
+A package holds the weights: it belongs to one model, so its name carries a
+fingerprint of the weights and of the code (:func:`package_path`). A later step is
+built for a number of hypotheses per sentence: one for greedy search, the beam
+size for beam search, whose beams of a sentence then share one row of source keys
+and values, as in the eager decoder. Sizes a program was not built for (e.g. very
+long sources) run eagerly. Needs a C++ compiler to build; CPU only.
+
+Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
+positions, ``d_h`` head width, ``v`` vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from encoder_transformer.scaled_dot_product import (
+    CPU_MATH_KERNEL_MAX_KEYS,
+    DECODING_STEP_MAX_QUERIES,
+)
+from machine_translation.inference.fast.stand_in_cache import (
+    GivenCache,
+    GivenKeyValues,
+    NewKeyValues,
+)
+from machine_translation.model import Seq2SeqTransformer
+
+# Bounds the exported step is built for: the most sentences in a batch, and the
+# fewest positions a self-attention buffer may have (the exporter's own bound).
+MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3
+
+
+class Encoding(nn.Module):
+    """The encoder, for ``torch.export``: ``(b, s_src)`` ids and mask → states."""
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source_ids: Tensor, source_mask: Tensor) -> Tensor:
+        return self.model.encode(source_ids, source_mask)
+
+
+class FirstStep(nn.Module):
+    """The first decoding step, on empty caches, for ``torch.export``.
+
+    ``forward(tokens, encoder_hidden_states, source_mask)``: ``tokens`` ``(b, 1)``,
+    ``encoder_hidden_states`` ``(b, s_src, d)``, ``source_mask`` ``(b, s_src)``.
+    Returns the logits ``(b, v)``, then each layer's self-attention keys, then
+    values ``(b, h, 1, d_h)``, then cross-attention keys, then values
+    ``(b, h, s_src, d_h)``: what the caller's cache is to hold.
+    """
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.layers = len(model.decoder.blocks)
+
+    def forward(
+        self, tokens: Tensor, encoder_hidden_states: Tensor, source_mask: Tensor
+    ) -> tuple[Tensor, ...]:
+        own = [NewKeyValues() for _ in range(self.layers)]
+        source = [NewKeyValues() for _ in range(self.layers)]
+        logits = self.decoder.step(
+            tokens, GivenCache(own, source), encoder_hidden_states, source_mask
+        )
+        appended = [layer.appended for layer in own + source]
+        return (
+            logits[:, -1],
+            *(keys for keys, _ in appended[: self.layers]),
+            *(values for _, values in appended[: self.layers]),
+            *(keys for keys, _ in appended[self.layers :]),
+            *(values for _, values in appended[self.layers :]),
+        )
+
+
+class DecodingStep(nn.Module):
+    """One decoding step as a function of tensors, for ``torch.export``.
+
+    Each of ``b_src`` sentences has ``g`` hypotheses in consecutive rows (``g = 1``
+    in greedy search, the beams in beam search), ``b = g · b_src`` rows in all, which
+    take one token each. Every layer's cache buffers go in, and the new keys and
+    values are written into them in place.
+
+    ``forward(tokens, source_mask, cached_positions, buffers)``:
+
+    - ``tokens`` ``(b, 1)``; ``source_mask`` ``(b_src, s_src)`` bool.
+    - ``cached_positions`` ``(s,)``: only its size is read, the number of target
+      positions in the caches (an exported program is generic over sizes, not
+      over integer arguments).
+    - ``buffers``: each layer's self-attention keys, then values
+      ``(b, h, capacity, d_h)``, with room after position ``s``, then its
+      cross-attention keys, then values ``(b_src, h, capacity_src, d_h)``.
+
+    Returns the logits ``(b, v)``.
+    """
+
+    def __init__(self, model: Seq2SeqTransformer) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.layers = len(model.decoder.blocks)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        source_mask: Tensor,
+        cached_positions: Tensor,
+        buffers: tuple[Tensor, ...],
+    ) -> Tensor:
+        n, length = self.layers, cached_positions.size(0)
+        own = [GivenKeyValues(buffers[i], buffers[n + i], length) for i in range(n)]
+        source = [
+            GivenKeyValues(buffers[2 * n + i], buffers[3 * n + i], source_mask.size(1))
+            for i in range(n)
+        ]
+        # The encoder states are read only while the cross-attention cache is empty,
+        # which it never is here: the source keys stand in for them.
+        logits = self.decoder.step(
+            tokens, GivenCache(own, source), buffers[2 * n], source_mask
+        )
+        return logits[:, -1]
+
+
+def step_program(beams: int) -> str:
+    """The name of the decoding step's program for ``beams`` hypotheses a sentence."""
+    return f"step_beams{beams}"
+
+
+def programs(beam_sizes: Sequence[int]) -> list[str]:
+    """The programs that translating with ``beam_sizes`` (1 = greedy) runs."""
+    return ["encoder", "first_step"] + [
+        step_program(g) for g in sorted(set(beam_sizes))
+    ]
+
+
+def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int]:
+    """The shortest and longest sources the compiled encoder takes.
+
+    Within them the encoder's attention takes one way
+    (``encoder_transformer.attention``): in fp32, up to 16 queries are multiplied
+    out and more go to SDPA; in bf16, SDPA's kernel changes beyond 256 keys.
+    Other lengths are encoded eagerly.
+    """
+    if precision == "fp32":
+        return DECODING_STEP_MAX_QUERIES + 1, model.config.max_positions
+    return 1, min(model.config.max_positions, CPU_MATH_KERNEL_MAX_KEYS)
+
+
+# The example sizes an export traces with (any in the ranges below would do).
+SOURCES, TARGET_LENGTH, CAPACITY, SOURCE_LENGTH = 3, 5, 9, 7
+
+
+def export_program(
+    model: Seq2SeqTransformer, program: str
+) -> torch.export.ExportedProgram:
+    """``program`` (one of :func:`programs`) of ``model``, on the CPU in its
+    precision, exported for every size that varies: sentences, source and target
+    lengths, cache capacities (the hypotheses per sentence are the program's)."""
+    if program == "encoder":
+        return export_encoder(model)
+    if program == "first_step":
+        return export_first_step(model)
+    return export_later_step(model, int(program.removeprefix("step_beams")))
+
+
+def sentences_dim() -> torch.export.Dim:
+    return torch.export.Dim("sources", min=1, max=MOST_SOURCES)
+
+
+def export_encoder(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+    """:class:`Encoding` for the source lengths of :func:`encoder_lengths`."""
+    dtype = next(model.parameters()).dtype
+    shortest, longest = encoder_lengths(
+        model, "fp32" if dtype == torch.float32 else "bf16"
+    )
+    length = min(shortest + 2, longest)
+    source_ids = torch.randint(3, model.config.vocab_size, (SOURCES, length))
+    source_mask = torch.ones(SOURCES, length, dtype=torch.bool)
+    source = torch.export.Dim("source", min=shortest, max=longest)
+    dims = {0: sentences_dim(), 1: source}
+    return torch.export.export(
+        Encoding(model), (source_ids, source_mask), dynamic_shapes=(dims, dims)
+    )
+
+
+def export_first_step(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+    """:class:`FirstStep`, one row per sentence."""
+    config, dtype = model.config, next(model.parameters()).dtype
+    example = (
+        torch.randint(3, config.vocab_size, (SOURCES, 1)),
+        torch.randn(SOURCES, SOURCE_LENGTH, config.d_model).to(dtype),
+        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+    )
+    sentences = sentences_dim()
+    source = torch.export.Dim("source", min=1, max=config.max_positions)
+    dims = ({0: sentences}, {0: sentences, 1: source}, {0: sentences, 1: source})
+    return torch.export.export(FirstStep(model), example, dynamic_shapes=dims)
+
+
+def export_later_step(
+    model: Seq2SeqTransformer, beams: int
+) -> torch.export.ExportedProgram:
+    """:class:`DecodingStep` for ``beams`` hypotheses per sentence."""
+    config = model.config
+    kv_heads = config.n_kv_heads or config.n_heads
+    width = config.d_model // config.n_heads
+    n = len(model.decoder.blocks)
+    # Caches on a CPU are fp32 (``kv_cache.storage_dtype``).
+    own = (beams * SOURCES, kv_heads, CAPACITY, width)
+    cross = (SOURCES, kv_heads, SOURCE_LENGTH + 1, width)
+    example = (
+        torch.randint(3, config.vocab_size, (beams * SOURCES, 1)),
+        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+        torch.empty(()).expand(TARGET_LENGTH),
+        tuple(
+            [torch.randn(own) for _ in range(2 * n)]
+            + [torch.randn(cross) for _ in range(2 * n)]
+        ),
+    )
+    sentences = sentences_dim()
+    rows = beams * sentences if beams > 1 else sentences
+    longest = 4 * config.max_positions  # cache buffers grow by doubling
+    source = torch.export.Dim("source", min=1, max=config.max_positions)
+    target = torch.export.Dim("target", min=1, max=config.max_positions - 1)
+    own_capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
+    cross_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
+    own_dims = {0: rows, 2: own_capacity}
+    cross_dims = {0: sentences, 2: cross_capacity}
+    dims = (
+        {0: rows},
+        {0: sentences, 1: source},
+        {0: target},
+        tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
+    )
+    return torch.export.export(DecodingStep(model), example, dynamic_shapes=dims)
