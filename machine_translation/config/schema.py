@@ -14,6 +14,41 @@ from machine_translation.data.corpus import CorpusSpec
 
 
 @dataclass
+class AugmentConfig:
+    """Training pairs shown typed casually (``data.augment``; see
+    :mod:`machine_translation.data.augmentation`).
+
+    >>> AugmentConfig(lowercase_source=0.8, uppercase=0.3)
+    Traceback (most recent call last):
+    ...
+    ValueError: data.augment: the case changes' probabilities add up to 1.15 > 1
+    """
+
+    fraction: float = 0.3  # of the training pairs each epoch; 0 = off
+    drop_final_punctuation: float = 0.6  # of those: both sides lose the final stop
+    lowercase_source: float = 0.5  # one case change each: source lower-cased,
+    uppercase: float = 0.05  # both sides upper-cased,
+    titlecase_source: float = 0.05  # or source title-cased (else case kept)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "fraction",
+            "drop_final_punctuation",
+            "lowercase_source",
+            "uppercase",
+            "titlecase_source",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.augment.{name}={value}: must be in [0, 1]")
+        cases = self.lowercase_source + self.uppercase + self.titlecase_source
+        if cases > 1.0 + 1e-9:
+            raise ValueError(
+                f"data.augment: the case changes' probabilities add up to {cases:g} > 1"
+            )
+
+
+@dataclass
 class DataConfig:
     """Corpora, tokenizer size and batching (``conf/data/*.yaml``)."""
 
@@ -25,6 +60,7 @@ class DataConfig:
     max_target_length: int = 128
     max_length_ratio: float = 9.0  # characters, longer side / shorter side
     valid_bleu_sentences: int = 500  # greedy-decoded for BLEU at each validation
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

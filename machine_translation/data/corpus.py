@@ -73,9 +73,12 @@ class CorpusSpec:
     source_lang: str = "en"  # huggingface: keys of the translation column
     target_lang: str = "fr"
     limit: int | None = None  # keep only the first N pairs (None = all)
+    repeat: int = 1  # training: each pair this many times (short, rare data)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"corpus kind {self.kind!r}: expected one of {KINDS}")
+        if self.repeat < 1:
+            raise ValueError(f"corpus repeat {self.repeat}: expected >= 1")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"corpus limit {self.limit}: expected None or >= 0")

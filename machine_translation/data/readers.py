@@ -203,7 +203,7 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> ParallelCorpus:
     if missing:
         raise DataError(f"a corpus of kind {spec.kind!r} needs {', '.join(missing)}")
     if spec.kind == "huggingface":
-        return load_hf_dataset(
+        corpus = load_hf_dataset(
             spec.dataset,
             spec.subset,
             spec.split,
@@ -211,7 +211,7 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> ParallelCorpus:
             spec.target_lang,
             spec.limit,
         )
-    if spec.kind == "aligned":
+    elif spec.kind == "aligned":
         source, target = (
             resolve_path(spec.source, root),
             resolve_path(spec.target, root),
@@ -222,4 +222,7 @@ def load_corpus(spec: CorpusSpec, root: Path | None = None) -> ParallelCorpus:
     if spec.limit is not None:
         corpus.sources = corpus.sources[: spec.limit]
         corpus.targets = corpus.targets[: spec.limit]
+    if spec.repeat > 1:  # shown more often: as if the corpus were that much larger
+        corpus.sources = corpus.sources * spec.repeat
+        corpus.targets = corpus.targets * spec.repeat
     return corpus

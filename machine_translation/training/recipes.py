@@ -99,6 +99,7 @@ def train_translation(config: TrainConfig) -> Path:
         bleu_sentences=data.valid_bleu_sentences,
         device=run.device,
         decoding=config.decoding,
+        augment=data.augment,
     )
     return run_trainer(run, task)
 

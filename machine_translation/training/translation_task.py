@@ -20,7 +20,12 @@ import sacrebleu
 import torch
 from torch import Tensor, nn
 
-from machine_translation.config.schema import DecodingConfig
+from machine_translation.config.schema import AugmentConfig, DecodingConfig
+from machine_translation.data.augmentation import (
+    augmented_in_epoch,
+    draw_modifications,
+    variants,
+)
 from machine_translation.data.batching import Batch, TokenBatchSampler, collate
 from machine_translation.data.bpe_tokenizer import BPETokenizer
 from machine_translation.data.corpus import ParallelCorpus
@@ -74,6 +79,28 @@ def encode_corpus(
     return encoded, len(sources) - len(keep)
 
 
+def encode_variants(
+    data: EncodedCorpus, tokenizer: BPETokenizer, augment: AugmentConfig, seed: int
+) -> EncodedCorpus:
+    """Each training pair's casual variant (:mod:`~machine_translation.data.
+    augmentation`), drawn with ``seed`` and encoded, pair for pair with ``data``."""
+    modifications = draw_modifications(
+        len(data),
+        seed,
+        augment.drop_final_punctuation,
+        augment.lowercase_source,
+        augment.uppercase,
+        augment.titlecase_source,
+    )
+    sources, targets = variants(data.source_texts, data.target_texts, modifications)
+    return EncodedCorpus(
+        tokenizer.encode_batch(sources),
+        tokenizer.encode_batch(targets),
+        sources,
+        targets,
+    )
+
+
 class TranslationTask:
     """Trains a :class:`Seq2SeqTransformer` on encoded sentence pairs.
 
@@ -89,6 +116,7 @@ class TranslationTask:
         bleu_sentences: Validation sentences translated for BLEU.
         device: Where validation runs.
         decoding: The search settings; validation searches greedily with them.
+        augment: Training pairs shown typed casually (a fraction each epoch).
     """
 
     name = "translation"
@@ -108,6 +136,7 @@ class TranslationTask:
         bleu_sentences: int = 500,
         device: torch.device | None = None,
         decoding: DecodingConfig | None = None,
+        augment: AugmentConfig | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         # Greedy: a validation's BLEU ranks checkpoints, and beams cost it 5x.
@@ -115,10 +144,25 @@ class TranslationTask:
         self.train_data, self.valid_data = train, valid
         self.max_tokens, self.bleu_sentences = max_tokens, bleu_sentences
         self.device = device or torch.device("cpu")
+        self.seed = seed
+        self.augment = augment if augment is not None and augment.fraction > 0 else None
+        self.variants = (
+            None
+            if self.augment is None
+            else encode_variants(train, tokenizer, self.augment, seed)
+        )
+        # A pair's batch is sized for its longer form, plain or casual variant.
+        lengths = self.variants or train
         # +1: the decoder input has BOS in front, the labels EOS at the end.
         self.sampler = TokenBatchSampler(
-            [len(ids) for ids in train.source_ids],
-            [len(ids) + 1 for ids in train.target_ids],
+            [
+                max(len(a), len(b))
+                for a, b in zip(train.source_ids, lengths.source_ids, strict=True)
+            ],
+            [
+                max(len(a), len(b)) + 1
+                for a, b in zip(train.target_ids, lengths.target_ids, strict=True)
+            ],
             max_tokens,
             shuffle=True,
             seed=seed,
@@ -138,8 +182,24 @@ class TranslationTask:
         )
 
     def batches(self) -> Iterator[Batch]:
+        """This epoch's training batches, with its share of casual variants."""
+        casual: set[int] = set()
+        if self.augment is not None:
+            epoch = self.sampler.state_dict()["epoch"]
+            count = len(self.train_data)
+            casual = augmented_in_epoch(count, self.augment.fraction, self.seed, epoch)
         for indices in self.sampler:
-            yield self._collate(self.train_data, indices)
+            if not casual:
+                yield self._collate(self.train_data, indices)
+                continue
+            data = [self.variants if i in casual else self.train_data for i in indices]
+            yield collate(
+                [part.source_ids[i] for part, i in zip(data, indices, strict=True)],
+                [part.target_ids[i] for part, i in zip(data, indices, strict=True)],
+                pad_id=self.tokenizer.pad_id,
+                bos_id=self.tokenizer.bos_id,
+                eos_id=self.tokenizer.eos_id,
+            )
 
     def sampler_state(self) -> dict[str, int]:
         return self.sampler.state_dict()

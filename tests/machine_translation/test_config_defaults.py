@@ -34,11 +34,11 @@ def test_the_default_yaml_and_the_dataclass_agree_on_every_field(name):
     fields = {f.name: f for f in dataclasses.fields(schema)}
     settings = set(fields) - NOT_SETTINGS
     assert set(values) - NOT_SETTINGS == settings, f"{name} states other fields"
-    defaults = schema()
+    defaults = dataclasses.asdict(schema())  # nested sections as dicts too
     disagreeing = {
-        key: (values[key], getattr(defaults, key))
+        key: (values[key], defaults[key])
         for key in settings
-        if values[key] != getattr(defaults, key)
+        if values[key] != defaults[key]
     }
     assert not disagreeing, f"{name} vs {schema.__name__}: {disagreeing}"
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from machine_translation.config.compose import PROJECT_ROOT
 from machine_translation.data.batching import Batch, TokenBatchSampler, collate
 from machine_translation.data.cleaning import clean_corpus
 from machine_translation.data.corpus import CorpusSpec, DataError, ParallelCorpus
@@ -449,3 +450,14 @@ def test_text_files_split_and_errors(tmp_path):
         read_text(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="valid_fraction"):
         split_text("abc", 1.0)
+
+
+def test_the_phrasebook_loads_and_repeat_shows_each_pair_that_many_times():
+    spec = {"kind": "tsv", "path": "data/phrasebook/phrasebook.tsv"}
+    once = load_corpus(CorpusSpec(**spec), root=PROJECT_ROOT)
+    assert len(once) >= 700 and all(once.sources) and all(once.targets)
+    assert ("Thank you.", "Merci.") in set(zip(once.sources, once.targets, strict=True))
+    twice = load_corpus(CorpusSpec(**spec, repeat=2), root=PROJECT_ROOT)
+    assert twice.sources == once.sources * 2 and twice.targets == once.targets * 2
+    with pytest.raises(ValueError, match="repeat 0"):
+        CorpusSpec(**spec, repeat=0)

@@ -68,8 +68,13 @@ def test_only_the_newest_step_checkpoints_are_kept(tmp_path):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    # 4096-token batches make 26 per epoch: the resumed part crosses an epoch end.
-    common = ["data.max_tokens=4096", "trainer.eval_every=15"]
+    # 4096-token batches make 26 per epoch: the resumed part crosses an epoch end,
+    # where another share of the pairs comes typed casually (data.augment).
+    common = [
+        "data.max_tokens=4096",
+        "trainer.eval_every=15",
+        "data.augment.fraction=0.5",
+    ]
     whole = train(compose_config(tmp_path / "a", *common, "trainer.max_steps=30"))
     first = train(compose_config(tmp_path / "b", *common, "trainer.max_steps=15"))
     resumed = train(
@@ -82,6 +87,16 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert [resumed_losses[s] for s in range(16, 31)] == [
         losses[s] for s in range(16, 31)
     ]
+    plain = train(
+        compose_config(
+            tmp_path / "c",
+            *common[:2],
+            "data.augment.fraction=0",
+            "trainer.max_steps=2",
+        )
+    )
+    plain_losses = {row["step"]: row["loss"] for row in records(plain, "train")}
+    assert plain_losses[1] != losses[1]  # the augmented stream is another stream
     a = load_checkpoint(whole / "checkpoints" / "last.pt")
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert a["training"]["state"]["epoch"] == b["training"]["state"]["epoch"] >= 1
