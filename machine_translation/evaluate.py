@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)
     try:
+        if min(args.beam) < 1:
+            raise ValueError(f"--beam {min(args.beam)}: beam sizes are 1 or more")
         if bool(args.source) != bool(args.references):
             raise DataError("--source and --references go together")
         checkpoint = checkpoint_argument(args)

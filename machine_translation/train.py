@@ -36,6 +36,9 @@ def main(cfg: DictConfig) -> None:
     except (DataError, CheckpointError, NonFiniteLossError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before training started (then Ctrl+C saves)
+        print("interrupted before training started: nothing saved", file=sys.stderr)
+        sys.exit(130)
     finally:
         shutdown_distributed()
 

@@ -31,16 +31,16 @@ sentence such as ``Hello``.)
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
+import os
 import sys
-from collections.abc import Iterable, Iterator
 
 from machine_translation.checkpoints.files import CheckpointError
 from machine_translation.checkpoints.runs import add_run_arguments, checkpoint_argument
 from machine_translation.config.compose import load_decoding_config
 from machine_translation.inference import fast
 from machine_translation.inference.batch_translation import Translation
+from machine_translation.inference.line_input import line_groups
 from machine_translation.inference.sampling import Sampling
 from machine_translation.inference.translator import Translator
 from machine_translation.runtime.devices import resolve_device, share_cpu_threads
@@ -112,17 +112,6 @@ def sampling_settings(
     return Sampling(temperature, args.top_k, args.top_p), 1
 
 
-def batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Consecutive groups of ``size`` lines, newline removed; the last may be shorter.
-
-    >>> list(batches(["a\\n", "b\\n", "c"], 2))
-    [['a', 'b'], ['c']]
-    """
-    iterator = iter(lines)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield [line.rstrip("\r\n") for line in chunk]
-
-
 def format_translations(
     translations: list[list[Translation]], nbest: int, first_index: int = 0
 ) -> list[str]:
@@ -189,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         translate_input(translator, args)
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as a filter
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         translator.close()
     return 0
@@ -203,15 +194,12 @@ def translate_input(translator: Translator, args: argparse.Namespace) -> None:
     if sys.stdin.isatty():
         interactive(translator, args.nbest)
         return
-    # A pipe: translate as lines arrive, a few batches at a time, in input order.
-    # Lines end at "\n" only (not at a lone "\r"), so the line count is kept, and
-    # bytes that are not UTF-8 become U+FFFD instead of stopping the run.
-    sys.stdin.reconfigure(newline="\n", errors="replace")
+    # A pipe: each line is answered as soon as it arrives (a co-process gets its
+    # translation at once), batched with the lines already waiting, in input order.
     done = 0
-    for chunk in batches(
-        sys.stdin, max(4, 2 * args.workers) * translator.decoding.batch_size
-    ):
-        outputs = translator.translate(chunk)
+    most = max(4, 2 * args.workers) * translator.decoding.batch_size
+    for chunk in line_groups(sys.stdin.fileno(), most):
+        outputs = translator.translate(chunk, first_index=done)
         for line in format_translations(outputs, args.nbest, first_index=done):
             print(line)
         sys.stdout.flush()

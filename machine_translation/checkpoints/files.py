@@ -52,6 +52,38 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def remove_stale_temporary_files(directory: str | Path) -> list[Path]:
+    """Removes the temporary files of writers that died mid-save (``kill -9``),
+    never those of a process still running. Returns what was removed.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> alive = folder / f".last.pt.{os.getpid()}.tmp"; alive.touch()
+    >>> dead = folder / ".last.pt.999999999.tmp"; dead.touch()
+    >>> [path.name for path in remove_stale_temporary_files(folder)]
+    ['.last.pt.999999999.tmp']
+    """
+    removed = []
+    for temporary in sorted(Path(directory).glob(".*.pt.*.tmp")):
+        pid = temporary.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or process_is_running(int(pid)):
+            continue
+        temporary.unlink(missing_ok=True)
+        removed.append(temporary)
+    return removed
+
+
+def process_is_running(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # someone else's process; an impossible id is none
+    return True
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint onto the CPU without executing any code from it.
 
@@ -79,6 +111,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError,  # UnicodeDecodeError among them
     ) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "?"
+        if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+            # torch's own message advises loading unsafely: never pass that on.
+            reason = (
+                "it holds Python objects, which a checkpoint never does (the safe "
+                "loader runs no code from a file)"
+            )
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}"
         ) from error

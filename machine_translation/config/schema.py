@@ -13,6 +13,27 @@ from typing import Any
 from machine_translation.data.corpus import CorpusSpec
 
 
+def check_ranges(section: str, config: Any, **bounds: tuple[float, float]) -> None:
+    """Raises ValueError naming the first field outside its ``(low, high)`` bounds
+    (inclusive; None values are "off" and pass).
+
+    >>> check_ranges("trainer", TrainerConfig(), eval_every=(10, 20))
+    Traceback (most recent call last):
+    ...
+    ValueError: trainer.eval_every=300: must be between 10 and 20
+    """
+    for name, (low, high) in bounds.items():
+        value = getattr(config, name)
+        if value is not None and not low <= value <= high:
+            where = (
+                f"at least {low:g}" if high == INF else f"between {low:g} and {high:g}"
+            )
+            raise ValueError(f"{section}.{name}={value}: must be {where}")
+
+
+INF = float("inf")
+
+
 @dataclass
 class AugmentConfig:
     """Training pairs shown typed casually (``data.augment``; see
@@ -62,6 +83,18 @@ class DataConfig:
     valid_bleu_sentences: int = 500  # greedy-decoded for BLEU at each validation
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "data",
+            self,
+            vocab_size=(1, INF),
+            max_tokens=(1, INF),
+            max_source_length=(1, INF),
+            max_target_length=(1, INF),
+            max_length_ratio=(1, INF),
+            valid_bleu_sentences=(0, INF),
+        )
+
 
 @dataclass
 class TextDataConfig:
@@ -79,6 +112,17 @@ class TextDataConfig:
     batch_size: int = 12  # windows per batch
     valid_max_tokens: int | None = None  # validate on a prefix; null = all
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "data",
+            self,
+            valid_fraction=(0, 0.999999),
+            vocab_size=(1, INF),
+            block_size=(1, INF),
+            batch_size=(1, INF),
+            valid_max_tokens=(1, INF),
+        )
+
 
 @dataclass
 class OptimConfig:
@@ -92,6 +136,19 @@ class OptimConfig:
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # gradient norm clipping; 0 disables it
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "optim",
+            self,
+            lr=(1e-12, INF),
+            beta1=(0, 0.999999),
+            beta2=(0, 0.999999),
+            eps=(0, INF),
+            weight_decay=(0, INF),
+            label_smoothing=(0, 0.999999),
+            clip_norm=(0, INF),
+        )
+
 
 @dataclass
 class ScheduleConfig:
@@ -100,6 +157,9 @@ class ScheduleConfig:
     kind: str = "inverse_sqrt"  # inverse_sqrt | cosine | constant
     warmup_steps: int = 400
     min_lr_ratio: float = 0.0  # cosine: floor as a fraction of the peak
+
+    def __post_init__(self) -> None:
+        check_ranges("schedule", self, warmup_steps=(0, INF), min_lr_ratio=(0, 1))
 
 
 @dataclass
@@ -119,6 +179,21 @@ class TrainerConfig:
     seed: int = 1
     threads: int | None = None  # CPU threads for torch; None = torch's default
     progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "trainer",
+            self,
+            max_steps=(1, INF),
+            max_epochs=(1, INF),
+            max_minutes=(1e-9, INF),
+            grad_accum=(1, INF),
+            eval_every=(1, INF),
+            log_every=(1, INF),
+            patience=(0, INF),
+            keep_checkpoints=(0, INF),
+            threads=(1, INF),
+        )
 
 
 @dataclass

@@ -89,7 +89,9 @@ def evaluate(
     ) as decoder:
         for test_set in test_sets:
             sources = tokenizer.encode_batch(test_set.sources)
-            source_ids = [ids[:limit] for ids in sources]
+            # A blank source line gets a blank hypothesis, as in translate.
+            kept = [i for i, ids in enumerate(sources) if ids]
+            source_ids = [sources[i][:limit] for i in kept]
             for beam_size in beam_sizes:
                 translations = translate_token_ids(
                     decoder,
@@ -99,7 +101,9 @@ def evaluate(
                     precision,
                     replace(decoding, beam_size=beam_size),
                 )
-                hypotheses = [candidates[0].text for candidates in translations]
+                hypotheses = [""] * len(sources)
+                for index, candidates in zip(kept, translations, strict=True):
+                    hypotheses[index] = candidates[0].text
                 if output_dir is not None:
                     output_dir.mkdir(parents=True, exist_ok=True)
                     (output_dir / f"{test_set.name}.beam{beam_size}.fr").write_text(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from machine_translation.config.compose import PROJECT_ROOT
+from machine_translation.data.corpus import DataError
 from machine_translation.data.readers import read_aligned_files, read_tsv_pairs
 
 
@@ -39,6 +40,8 @@ def builtin_test_set(name: str) -> TestSet:
 def file_test_set(source: str | Path, references: list[str | Path]) -> TestSet:
     """A source file with line-aligned reference files (a clear error if misaligned)."""
     columns = [read_aligned_files(source, reference) for reference in references]
+    if not columns[0].sources:
+        raise DataError(f"{source} has no sentences to translate")
     per_sentence = [
         list(refs) for refs in zip(*(c.targets for c in columns), strict=True)
     ]

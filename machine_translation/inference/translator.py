@@ -101,11 +101,15 @@ class Translator:
         else:
             self.generator.manual_seed(seed)
 
-    def translate(self, sentences: Sequence[str]) -> list[list[Translation]]:
-        """``nbest`` translations per sentence; an empty sentence gives ``""``."""
+    def translate(
+        self, sentences: Sequence[str], first_index: int = 0
+    ) -> list[list[Translation]]:
+        """``nbest`` translations per sentence; an empty sentence gives ``nbest``
+        times ``""``. ``first_index``: the first sentence's index in the whole input
+        (for the warnings' sentence numbers)."""
         limit = self.max_positions
         encoded = self.tokenizer.encode_batch(list(sentences))
-        results: list[list[Translation]] = [[Translation("")] for _ in sentences]
+        results = [[Translation("")] * self.nbest for _ in sentences]
         to_translate = []
         for index, ids in enumerate(encoded):
             if not ids:
@@ -114,7 +118,7 @@ class Translator:
                 logger.warning(
                     "sentence %d has %d tokens; the model reads at most %d, so it was "
                     "truncated",
-                    index + 1,
+                    first_index + index + 1,
                     len(ids),
                     limit,
                 )

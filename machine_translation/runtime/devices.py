@@ -25,7 +25,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     device(type='cpu')
     """
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # torch's own message is a paragraph
+            raise ValueError(
+                f"device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={name!r} but CUDA is not available here")
         return device

@@ -49,6 +49,12 @@ def load_corpora(specs: list[Any], max_length_ratio: float | None) -> ParallelCo
     cleaned, skipped = clean_corpus(joined, max_length_ratio)
     if any(skipped.values()):
         logger.info("skipped pairs in %s: %s", joined.name, skipped)
+    if len(joined) and not len(cleaned):
+        raise DataError(
+            f"no pairs left in {joined.name}: of {len(joined)}, {skipped['empty']} "
+            f"have an empty side and {skipped['length_ratio']} a length ratio above "
+            f"data.max_length_ratio={max_length_ratio}"
+        )
     return cleaned
 
 
@@ -74,6 +80,14 @@ def train_translation(config: TrainConfig) -> Path:
         train_corpus, tokenizer, data.max_source_length, data.max_target_length
     )
     valid_data, _ = encode_corpus(valid_corpus, tokenizer)
+    if len(train_data) == 0:  # nothing to learn from: say which filter took what
+        raise DataError(
+            f"no training pairs left: {len(train_corpus)} after cleaning "
+            f"(data.max_length_ratio={data.max_length_ratio}), and all "
+            f"{too_long} of those are longer than data.max_source_length="
+            f"{data.max_source_length} / data.max_target_length="
+            f"{data.max_target_length} tokens"
+        )
     logger.info(
         "%d training pairs (%d skipped as longer than %d/%d tokens), %d validation",
         len(train_data),

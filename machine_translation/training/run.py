@@ -19,7 +19,11 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from encoder_transformer.config import TransformerConfig
-from machine_translation.checkpoints.files import CheckpointError, load_checkpoint
+from machine_translation.checkpoints.files import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporary_files,
+)
 from machine_translation.checkpoints.runs import find_checkpoint
 from machine_translation.config.compose import (
     build_model_config,
@@ -121,6 +125,9 @@ def start_run(config: TrainConfig | GPTTrainConfig) -> Run:
     run_dir = resume_path.parent.parent if resume_path else new_run_dir(config)
     run_dir = Path(share_from_main(str(run_dir), distributed))
     setup_logging(run_dir if distributed.is_main else None)
+    if distributed.is_main and resume_path:
+        for stale in remove_stale_temporary_files(run_dir / "checkpoints"):
+            logger.info("removed %s, left by a save that was killed", stale.name)
     precision = resolve_precision(config.trainer.precision, device)
     torch.manual_seed(config.trainer.seed)
     random.seed(config.trainer.seed)

@@ -178,6 +178,9 @@ class Trainer:
                         budget_stop_reason(self.state, self.config, graceful),
                         self.distributed,
                     )
+                    if graceful.requested:  # save within a scheduler's grace period
+                        self.save("last", with_training_state=True)
+                        break
                     if self.state.step % self.config.eval_every == 0 or stop_reason:
                         stop_reason = self._validate_and_save() or stop_reason
                     if stop_reason:

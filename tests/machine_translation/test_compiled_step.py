@@ -151,9 +151,8 @@ def test_worker_processes_decode_as_this_process(tiny_model_and_packages):
     sources, mask = random_sources(longest=30)
     batches = [row[keep].tolist() for row, keep in zip(sources, mask, strict=True)]
     batches = [batches[:5], batches[5:]]
-    threads = torch.get_num_threads()  # as here, for the same sums
+    # Each worker process takes this process's thread count: the same sums.
     children = len(multiprocessing.active_children())
-    torch.set_num_threads(threads)  # what each worker process takes
     with fast.prepare(model, "fp32", folder, [1, 3], workers=2) as workers:
         workers.wait_until_loaded(timeout=300)
         workers.wait_until_loaded(timeout=0)  # still loaded
@@ -199,6 +198,7 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     built = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     # One package per program, named <program>_<precision>_<fingerprint>.pt2.
     named = [re.fullmatch(r"(.+)_(bf16|fp32)_[0-9a-f]{16}\.pt2", n) for n in built]
+    assert all(named), sorted(built)
     assert sorted(match.group(1) for match in named) == sorted(programs([1]))
     again = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert again.returncode == 0, again.stderr

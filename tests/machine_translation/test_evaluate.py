@@ -109,6 +109,34 @@ def test_evaluate_cli_with_files_and_errors(smoke_run, tmp_path):
     assert broken.returncode == 2 and "not a readable checkpoint" in broken.stderr
 
 
+def test_evaluate_keeps_blank_lines_blank_and_refuses_empty_input(smoke_run, tmp_path):
+    checkpoint = str(smoke_run / "checkpoints" / "best.pt")
+    (tmp_path / "src.en").write_text("A dog runs.\n\nTwo men.\n")
+    (tmp_path / "ref.fr").write_text("Un chien court.\n\nDeux hommes.\n")
+    files = ["--source", str(tmp_path / "src.en"), "--references"]
+    output = ["--output-dir", str(tmp_path / "eval"), "--beam", "1"]
+    ok = run_evaluate(
+        "--checkpoint", checkpoint, *files, str(tmp_path / "ref.fr"), *output
+    )
+    assert ok.returncode == 0, ok.stderr
+    hypotheses = (tmp_path / "eval" / "src.en.beam1.fr").read_text().split("\n")
+    assert hypotheses[1] == "" and hypotheses[0] and hypotheses[2]
+    (tmp_path / "empty.en").write_text("")
+    (tmp_path / "empty.fr").write_text("")
+    empty = run_evaluate(
+        "--checkpoint",
+        checkpoint,
+        "--source",
+        str(tmp_path / "empty.en"),
+        "--references",
+        str(tmp_path / "empty.fr"),
+    )
+    assert empty.returncode == 2 and "no sentences" in empty.stderr
+    assert empty.stderr.count("\n") == 1
+    zero = run_evaluate("--checkpoint", checkpoint, "--beam", "0")
+    assert zero.returncode == 2 and "--beam 0" in zero.stderr
+
+
 def test_evaluate_takes_the_named_run_and_says_which(smoke_run, tmp_path, capsys):
     runs = smoke_run.parent.parent  # <runs>/smoke/<timestamp>
     (tmp_path / "src.en").write_text("A dog runs.\n")

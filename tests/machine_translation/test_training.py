@@ -137,6 +137,17 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "SIGINT received" in stderr
     checkpoint = load_checkpoint(metrics.parent / "checkpoints" / "last.pt")
     assert checkpoint["training"]["state"]["step"] >= 3
+    # Saved at once, without a validation first (a scheduler's grace is short).
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert not [row for row in rows if row["kind"] == "valid"]
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_save(tmp_path):
+    run = train(compose_config(tmp_path, "trainer.max_steps=2"))
+    stale = run / "checkpoints" / ".last.pt.999999999.tmp"  # no such process
+    stale.write_bytes(b"half a checkpoint")
+    train(compose_config(tmp_path, "trainer.max_steps=3", "resume=true"))
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize(
@@ -149,6 +160,13 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
             "unknown model config key 'd_modle' (did you mean 'd_model'?)",
         ),
         ("model.n_heads=5", "d_model=64 is not divisible by n_heads=5"),
+        ("trainer.eval_every=0", "trainer.eval_every=0: must be at least 1"),
+        ("trainer.grad_accum=0", "trainer.grad_accum=0: must be at least 1"),
+        ("optim.lr=-1", "optim.lr=-1.0: must be at least"),
+        ("data.max_tokens=0", "data.max_tokens=0: must be at least 1"),
+        ("decoding.beam_size=0", "decoding.beam_size=0: must be at least 1"),
+        ("data.augment.fraction=2", "data.augment.fraction=2.0: must be in [0, 1]"),
+        ("data.max_source_length=1", "no training pairs left"),
     ],
 )
 def test_config_mistakes_fail_naming_the_field(tmp_path, override, expected):
@@ -214,3 +232,24 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(b["model"][name], tensor, atol=2e-5, rtol=1e-4)
     before = torch.load(one, weights_only=True)  # training really moved the weights
     assert before["training"]["state"]["step"] == 3
+
+
+@pytest.mark.slow  # up to 400 steps
+def test_early_stopping_ends_the_run_and_best_is_the_best_step(tmp_path):
+    """The smoke model's BLEU on 20 sentences stalls early: patience 2 stops it."""
+    run = train(
+        compose_config(
+            tmp_path,
+            "trainer.max_steps=400",
+            "trainer.eval_every=10",
+            "trainer.patience=2",
+        )
+    )
+    valid = records(run, "valid")
+    assert valid[-1]["step"] < 400  # stopped by patience, not by max_steps
+    scores = [row["bleu"] for row in valid]
+    best_index = scores.index(max(scores))  # the first of equal scores counts
+    assert len(valid) - 1 - best_index == 2  # two validations without a gain
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["step"] == valid[best_index]["step"]
+    assert "no better bleu in 2 validations" in (run / "train.log").read_text()

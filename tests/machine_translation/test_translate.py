@@ -1,7 +1,15 @@
 """The translate command line, through a subprocess as a user runs it."""
 
+import os
+import pty
+import select
+import shlex
+import subprocess
+import sys
+import time
+
 import pytest
-from helpers import run_translate
+from helpers import PROJECT_ROOT, run_translate
 
 from machine_translation.config.schema import DecodingConfig
 from machine_translation.inference.sampling import Sampling
@@ -170,3 +178,123 @@ def test_run_name_picks_the_run_and_says_which(smoke_run):
     best = runs / "smoke" / smoke_run.name / "checkpoints" / "best.pt"
     assert named.stderr.startswith(f"using {best} (latest 'smoke' run")
     assert named.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--batch-size", "0"], "decoding.batch_size=0: must be at least 1"),
+        (["--batch-size", "-1"], "decoding.batch_size=-1: must be at least 1"),
+        (["--device", "foo"], "device='foo' is not a device"),
+        (["--nbest", "0"], "nbest"),
+        (["--workers", "0"], "workers=0"),
+    ],
+)
+def test_bad_options_are_one_line_errors_and_lose_no_line(checkpoint, options, message):
+    for stdin in ("A dog.\nA cat.\nTwo men.\n", None):
+        arguments = [] if stdin else ["A dog."]
+        result = run_translate(
+            "--checkpoint", checkpoint, *options, *arguments, stdin=stdin or ""
+        )
+        assert result.returncode == 2, result.stdout
+        assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_nbest_gives_as_many_lines_for_a_blank_input(checkpoint):
+    arguments = ["--checkpoint", checkpoint, "--beam", "3", "--nbest", "3"]
+    result = run_translate(*arguments, stdin="A dog.\n\nA cat.\n")
+    assert result.returncode == 0, result.stderr
+    indices = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert indices == ["0"] * 3 + ["1"] * 3 + ["2"] * 3
+
+
+def test_warnings_number_lines_across_the_whole_input(checkpoint):
+    lines = ["A dog."] * 300
+    lines[289] = " ".join(["the black dog runs on the green grass"] * 80)
+    arguments = ["--checkpoint", checkpoint, "--beam", "1", "--batch-size", "8"]
+    result = run_translate(*arguments, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "sentence 290 has" in result.stderr
+    assert len(result.stdout.splitlines()) == 300
+
+
+def test_a_reader_that_leaves_early_ends_the_filter_quietly(checkpoint):
+    lines = "".join(f"A dog number {i}.\n" for i in range(300))
+    command = [sys.executable, "-m", "machine_translation.translate"]
+    result = subprocess.run(
+        f"{shlex.join([*command, '--checkpoint', checkpoint, '--beam', '1'])}"
+        " | head -n 1",
+        shell=True,
+        input=lines,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+        executable="/bin/bash",
+    )
+    assert len(result.stdout.splitlines()) == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_translate_answers_each_line_as_a_co_process(checkpoint):
+    """One line written (stdin kept open), one translation back at once."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "machine_translation.translate"),
+            *("--checkpoint", checkpoint, "--beam", "1"),
+        ],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for sentence in ("A dog runs.", "Two men sit on a bench."):
+            process.stdin.write(sentence + "\n")
+            process.stdin.flush()
+            ready, _, _ = select.select([process.stdout], [], [], 120)
+            assert ready, "no translation within 120 s of writing the line"
+            assert process.stdout.readline().strip()
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0
+        assert process.stdout.read() == ""  # nothing held back
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_interactive_prompt_at_a_terminal(checkpoint):
+    """At a terminal (a pseudo-terminal here) translate prompts, answers, and quits
+    on Ctrl+D."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "machine_translation.translate"),
+            *("--checkpoint", checkpoint, "--beam", "1"),
+        ],
+        cwd=PROJECT_ROOT,
+        stdin=terminal,  # Python writes input()'s prompt to standard error
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+
+    def read_until(text: str) -> str:
+        seen, deadline = "", time.monotonic() + 120
+        while text not in seen and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                seen += os.read(controller, 4096).decode(errors="replace")
+        return seen
+
+    try:
+        assert "en> " in read_until("en> ")
+        os.write(controller, b"A dog runs.\n")
+        answer = read_until("en> ")
+        assert "fr> " in answer
+        os.write(controller, b"\x04")  # Ctrl+D
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(controller)
