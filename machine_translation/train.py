@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+STARTUP_INTERRUPTED = "interrupted before training started: nothing saved"
 
-from machine_translation.checkpoints.files import CheckpointError
-from machine_translation.config.compose import register_configs, to_train_config
-from machine_translation.data.corpus import DataError
-from machine_translation.training.distributed import shutdown_distributed
-from machine_translation.training.recipes import train
-from machine_translation.training.state import NonFiniteLossError
+try:  # Ctrl+C while torch and the rest load (a few seconds) is one line too
+    import hydra
+    from omegaconf import DictConfig
+
+    from machine_translation.checkpoints.files import CheckpointError
+    from machine_translation.config.compose import register_configs, to_train_config
+    from machine_translation.data.corpus import DataError
+    from machine_translation.training.distributed import shutdown_distributed
+    from machine_translation.training.recipes import train
+    from machine_translation.training.state import NonFiniteLossError
+except KeyboardInterrupt:
+    print(STARTUP_INTERRUPTED, file=sys.stderr)
+    sys.exit(130)
 
 register_configs()
 
@@ -37,7 +43,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # before training started (then Ctrl+C saves)
-        print("interrupted before training started: nothing saved", file=sys.stderr)
+        print(STARTUP_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     finally:
         shutdown_distributed()

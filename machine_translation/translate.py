@@ -11,8 +11,9 @@ name; ``--run-name`` picks another, and standard error says which checkpoint is
 used) unless ``--checkpoint`` names one.
 ``--adapter PATH`` adds LoRA adapters (merged into the weights) to ``--checkpoint``,
 or, alone, to the base model recorded in them.
-Standard input is read one sentence per line and translated in batches as it
-arrives, with one output line per input line (an empty line gives an empty line).
+Standard input is read one sentence per line, with one output line per input line
+(an empty line gives an empty line); each line is answered as soon as it arrives,
+batched with the lines already waiting, so another program can use it line by line.
 With ``--nbest N`` each input gives N lines ``<input number>\\t<score>\\t<text>``.
 ``--sample`` draws each translation token by token from the model's distribution
 (``--temperature``, ``--top-k``, ``--top-p``; ``--seed`` makes it reproducible)

@@ -253,3 +253,23 @@ def test_early_stopping_ends_the_run_and_best_is_the_best_step(tmp_path):
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["step"] == valid[best_index]["step"]
     assert "no better bleu in 2 validations" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("after", [1.0, 4.0])  # importing torch; setting up the run
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, after):
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "machine_translation.train", "+experiment=smoke"),
+            *(f"runs_dir={tmp_path}", "trainer.max_steps=100000"),
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    # Early enough, it stops before training; later, training saves and ends (0).
+    assert process.returncode in (0, 130), stderr
