@@ -271,5 +271,6 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, after):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    # Early enough, it stops before training; later, training saves and ends (0).
-    assert process.returncode in (0, 130), stderr
+    # Early enough, it stops before training (130, or ended by the signal itself);
+    # later, training saves and ends (0).
+    assert process.returncode in (0, 130, -signal.SIGINT), stderr
