@@ -6,11 +6,9 @@ gradient accumulation and clipping, mixed precision, DistributedDataParallel,
 validation every N steps with early stopping, checkpoints (``best.pt`` by the task's
 score, ``last.pt`` with the full training state, and the weights at each of the last
 few validations, ``step-NNNNNNN.pt``, for checkpoint averaging), resumption, Ctrl+C /
-SIGTERM, the progress bar and the metrics.
-
-Exactness of resume: a training checkpoint holds the model, optimizer, scheduler,
-step, sampler position and every RNG state, so a resumed run takes the same batches
-in the same order with the same dropout masks as an uninterrupted one.
+SIGTERM, the progress bar and the metrics. A training checkpoint holds the model,
+optimizer, scheduler, step, sampler position and every RNG state, so a resumed run
+takes the same batches with the same dropout masks as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -99,8 +97,6 @@ class Trainer:
         self.state = TrainingState()
         self.metrics = MetricsLog(run_dir) if self.distributed.is_main else None
 
-    # --- checkpoints -----------------------------------------------------------------
-
     def checkpoint_path(self, kind: str) -> Path:
         return self.run_dir / "checkpoints" / f"{kind}.pt"
 
@@ -148,8 +144,6 @@ class Trainer:
         self.task.load_sampler_state(training["sampler"])
         restore_rng_state(training["rng"])
 
-    # --- the loop --------------------------------------------------------------------
-
     def train(self) -> TrainingState:
         """Trains until max_steps, max_epochs, max_minutes, early stop or a signal."""
         start = time.perf_counter() - self.state.elapsed_seconds
@@ -178,7 +172,8 @@ class Trainer:
                         budget_stop_reason(self.state, self.config, graceful),
                         self.distributed,
                     )
-                    if graceful.requested:  # save within a scheduler's grace period
+                    signalled = stop_reason and not stop_reason.startswith("reached")
+                    if signalled:  # here or on another rank: save, skip validation
                         self.save("last", with_training_state=True)
                         break
                     if self.state.step % self.config.eval_every == 0 or stop_reason:
