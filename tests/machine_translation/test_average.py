@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 from machine_translation import average, evaluate
 from machine_translation.checkpoints.averaging import average_checkpoints

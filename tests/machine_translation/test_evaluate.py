@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 from machine_translation import evaluate
 from machine_translation.evaluation.scoring import score

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_config
+from helpers import PROJECT_ROOT, compose_config
 
 from encoder_transformer.lora import (
     LoRAConfig,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, VERSE, compose_gpt_config
+from helpers import PROJECT_ROOT, VERSE, compose_gpt_config
 
 from decoder_transformer.gpt import GPT
 from machine_translation.checkpoints.files import load_checkpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose_config
+from helpers import PROJECT_ROOT, compose_config
 
 from machine_translation.checkpoints.files import load_checkpoint
 from machine_translation.training.recipes import train
