@@ -8,16 +8,21 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from conftest import BEAM
-from serve_helpers import free_port, post_json, request, running_server
+from helpers import PROJECT_ROOT
+from serve_helpers import (
+    BEAM,
+    DECODING,
+    free_port,
+    post_json,
+    request,
+    running_server,
+)
 
 from machine_translation.inference.translator import Translator
 from machine_translation.serving.settings import ServeSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SENTENCES = [
     "A dog runs on the beach.",
     "Two men are sitting on a bench.",
@@ -47,20 +52,20 @@ def translate_concurrently(url: str, sentences: list[str]) -> list[str]:
 
 
 def test_concurrent_requests_are_batched_and_match_translate(
-    translator, checkpoint, decoding
+    serve_translator, serve_checkpoint
 ):
     sentences = SENTENCES * 2  # 24 clients at once
     settings = ServeSettings(batch_wait_ms=50)
-    with running_server(translator, settings) as (url, service):
+    with running_server(serve_translator, settings) as (url, service):
         served = translate_concurrently(url, sentences)
         batches = list(service.batcher.batches)
     assert max(requests for requests, _, _ in batches) > 1  # gathered together
     assert sum(sentences for _, sentences, _ in batches) == len(sentences)
     # The library's Translator alone, one translation per sentence, as translate has.
-    alone = Translator(checkpoint, "cpu", "fp32", decoding)
+    alone = Translator(serve_checkpoint, "cpu", "fp32", DECODING)
     assert served == [found[0].text for found in alone.translate(sentences)]
     # The translate command line, in its own process.
-    settings = ["--checkpoint", str(checkpoint), "--beam", str(BEAM)]
+    settings = ["--checkpoint", str(serve_checkpoint), "--beam", str(BEAM)]
     settings += ["--device", "cpu", "--precision", "fp32"]
     command = subprocess.run(
         [sys.executable, "-m", "machine_translation.translate", *settings, *SENTENCES],
@@ -73,9 +78,9 @@ def test_concurrent_requests_are_batched_and_match_translate(
     assert served[: len(SENTENCES)] == command.stdout.splitlines()
 
 
-def test_a_batch_holds_at_most_max_batch_tokens_of_several_requests(translator):
+def test_a_batch_holds_at_most_max_batch_tokens_of_several_requests(serve_translator):
     settings = ServeSettings(batch_wait_ms=50, max_batch_tokens=40)
-    with running_server(translator, settings) as (url, service):
+    with running_server(serve_translator, settings) as (url, service):
         translate_concurrently(url, SENTENCES)
         batches = list(service.batcher.batches)
     assert len(batches) > 1
@@ -83,11 +88,18 @@ def test_a_batch_holds_at_most_max_batch_tokens_of_several_requests(translator):
         assert requests == 1 or tokens <= 40
 
 
-def test_shutdown_finishes_the_requests_in_flight(checkpoint, tmp_path):
+def test_shutdown_finishes_the_requests_in_flight(serve_checkpoint, tmp_path):
     """SIGTERM (as Ctrl+C) while requests decode: each gets its translation, then
     the server exits by itself."""
     port = free_port()
-    options = ["--checkpoint", str(checkpoint), "--port", str(port), "--beam", "4"]
+    options = [
+        "--checkpoint",
+        str(serve_checkpoint),
+        "--port",
+        str(port),
+        "--beam",
+        "4",
+    ]
     options += ["--device", "cpu", "--batch-wait-ms", "0", "--max-batch-tokens", "50"]
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(

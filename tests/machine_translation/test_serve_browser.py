@@ -51,7 +51,7 @@ def browser():
 def page_translator(request):
     path = os.environ.get("SERVE_CHECKPOINT")
     if not path:  # (the smoke model trains only when asked for)
-        yield request.getfixturevalue("translator")
+        yield request.getfixturevalue("serve_translator")
         return
     trained = Translator(path, "cpu", decoding=DecodingConfig(beam_size=5), nbest=5)
     yield trained

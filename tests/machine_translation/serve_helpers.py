@@ -14,10 +14,16 @@ from typing import Any
 
 import uvicorn
 
+from machine_translation.config.schema import DecodingConfig
 from machine_translation.inference.translator import Translator
 from machine_translation.serving.app import create_app
 from machine_translation.serving.service import TranslationService
 from machine_translation.serving.settings import ServeSettings
+
+BEAM = 4  # the tests' servers: beam search with every alternative of the beam
+DECODING = DecodingConfig(beam_size=BEAM)
+# Small limits, so that the tests can pass them with small requests.
+LIMITS = ServeSettings(max_characters=400, max_texts=20, max_body_bytes=16_000)
 
 
 def free_port() -> int:

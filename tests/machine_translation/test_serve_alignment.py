@@ -15,8 +15,8 @@ from machine_translation.serving.alignment import (
 @pytest.mark.parametrize(
     "text", ["Un garçon à l'école, où ça ?", "Ça coûte 5 € 😀.", "A dog runs."]
 )
-def test_token_texts_put_together_give_the_text(translator, text):
-    tokenizer = translator.tokenizer
+def test_token_texts_put_together_give_the_text(serve_translator, text):
+    tokenizer = serve_translator.tokenizer
     ids = tokenizer.encode(text)
     pieces = token_texts(tokenizer, ids)
     assert len(pieces) == len(ids)
@@ -24,8 +24,8 @@ def test_token_texts_put_together_give_the_text(translator, text):
     assert joined == tokenizer.decode(ids)
 
 
-def test_alignment_is_the_models_cross_attention_averaged_over_heads(translator):
-    model, tokenizer = translator.model, translator.tokenizer
+def test_alignment_is_the_models_cross_attention_averaged_over_heads(serve_translator):
+    model, tokenizer = serve_translator.model, serve_translator.tokenizer
     alignment = cross_attention_alignment(model, tokenizer, "A dog runs.", "Un chien")
     source_ids, target_ids = (
         tokenizer.encode("A dog runs."),
@@ -48,8 +48,8 @@ def test_alignment_is_the_models_cross_attention_averaged_over_heads(translator)
     )
 
 
-def test_a_blank_source_has_no_alignment(translator):
+def test_a_blank_source_has_no_alignment(serve_translator):
     alignment = cross_attention_alignment(
-        translator.model, translator.tokenizer, "   ", ""
+        serve_translator.model, serve_translator.tokenizer, "   ", ""
     )
     assert (alignment.source_tokens, alignment.weights) == ([], [])

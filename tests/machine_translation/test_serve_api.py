@@ -8,32 +8,33 @@ import urllib.parse
 from urllib.parse import urlparse
 
 import pytest
-from conftest import BEAM, LIMITS
-from serve_helpers import post_json, request, running_server
+from serve_helpers import BEAM, LIMITS, post_json, request, running_server
 
 from machine_translation.serving.settings import ServeSettings
 
 EN_FR = {"source": "en", "target": "fr"}
 
 
-def best(translator, *sentences):
-    return [found[0].text for found in translator.translate(list(sentences))]
+def best(serve_translator, *sentences):
+    return [found[0].text for found in serve_translator.translate(list(sentences))]
 
 
-def test_a_string_gets_a_string_as_libretranslate_answers(server, translator):
-    status, answer = post_json(f"{server}/translate", {"q": "A dog runs.", **EN_FR})
+def test_a_string_gets_a_string_as_libretranslate_answers(serve_url, serve_translator):
+    status, answer = post_json(f"{serve_url}/translate", {"q": "A dog runs.", **EN_FR})
     assert status == 200
-    assert answer == {"translatedText": best(translator, "A dog runs.")[0]}
+    assert answer == {"translatedText": best(serve_translator, "A dog runs.")[0]}
 
 
-def test_a_list_gets_lists_with_alternatives_and_detected_language(server, translator):
+def test_a_list_gets_lists_with_alternatives_and_detected_language(
+    serve_url, serve_translator
+):
     texts = ["A man sits.", "Two dogs play in the snow.", "A girl smiles."]
     status, answer = post_json(
-        f"{server}/translate",
+        f"{serve_url}/translate",
         {"q": texts, "source": "auto", "target": "fr", "alternatives": 2},
     )
     assert status == 200
-    assert answer["translatedText"] == best(translator, *texts)
+    assert answer["translatedText"] == best(serve_translator, *texts)
     assert [len(others) <= 2 for others in answer["alternatives"]] == [True] * 3
     for text, others in zip(
         answer["translatedText"], answer["alternatives"], strict=True
@@ -42,20 +43,22 @@ def test_a_list_gets_lists_with_alternatives_and_detected_language(server, trans
     assert answer["detectedLanguage"] == [{"confidence": 0.0, "language": "en"}] * 3
 
 
-def test_alternatives_of_a_string_are_the_beams_other_candidates(server, translator):
+def test_alternatives_of_a_string_are_the_beams_other_candidates(
+    serve_url, serve_translator
+):
     status, answer = post_json(
-        f"{server}/translate",
+        f"{serve_url}/translate",
         {"q": "A dog runs.", "source": "auto", "target": "fr", "alternatives": 3},
     )
     assert status == 200
-    candidates = [t.text for t in translator.translate(["A dog runs."])[0]]
+    candidates = [t.text for t in serve_translator.translate(["A dog runs."])[0]]
     assert answer["translatedText"] == candidates[0]
     assert answer["alternatives"] == [c for c in candidates[1:] if c != candidates[0]]
     assert answer["detectedLanguage"] == {"confidence": 0.0, "language": "en"}
 
 
 @pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
-def test_form_data_as_curl_sends_it(server, translator, encoding):
+def test_form_data_as_curl_sends_it(serve_url, serve_translator, encoding):
     fields = {"q": "A woman reads a book.", **EN_FR, "alternatives": "1"}
     if encoding == "urlencoded":  # curl -d q=...&source=en&target=fr
         body = urllib.parse.urlencode(fields).encode()
@@ -67,36 +70,38 @@ def test_form_data_as_curl_sends_it(server, translator, encoding):
         ]
         body = ("".join(parts) + "--XyZ--\r\n").encode()
         kind = "multipart/form-data; boundary=XyZ"
-    status, answer = request(f"{server}/translate", body, kind)
+    status, answer = request(f"{serve_url}/translate", body, kind)
     assert status == 200
-    assert answer["translatedText"] == best(translator, "A woman reads a book.")[0]
+    assert (
+        answer["translatedText"] == best(serve_translator, "A woman reads a book.")[0]
+    )
     assert len(answer["alternatives"]) <= 1
 
 
-def test_lines_are_translated_one_by_one(server, translator):
+def test_lines_are_translated_one_by_one(serve_url, serve_translator):
     status, answer = post_json(
-        f"{server}/translate", {"q": "A dog runs.\n\nA man sits.\r\n", **EN_FR}
+        f"{serve_url}/translate", {"q": "A dog runs.\n\nA man sits.\r\n", **EN_FR}
     )
     assert status == 200
-    first, second = best(translator, "A dog runs.", "A man sits.")
+    first, second = best(serve_translator, "A dog runs.", "A man sits.")
     assert answer["translatedText"] == f"{first}\n\n{second}\n"
 
 
-def test_languages_health_docs_and_page(server):
-    assert request(f"{server}/languages") == (
+def test_languages_health_docs_and_page(serve_url):
+    assert request(f"{serve_url}/languages") == (
         200,
         [
             {"code": "en", "name": "English", "targets": ["fr"]},
             {"code": "fr", "name": "French", "targets": []},
         ],
     )
-    assert request(f"{server}/health") == (200, {"status": "ok"})
-    status, spec = request(f"{server}/openapi.json")
+    assert request(f"{serve_url}/health") == (200, {"status": "ok"})
+    status, spec = request(f"{serve_url}/openapi.json")
     assert status == 200 and {"/translate", "/explain", "/languages"} <= set(
         spec["paths"]
     )
     for path, kind in [("/docs", "text/html"), ("/", "text/html")]:
-        connection = http.client.HTTPConnection(urlparse(server).netloc, timeout=10)
+        connection = http.client.HTTPConnection(urlparse(serve_url).netloc, timeout=10)
         connection.request("GET", path)
         response = connection.getresponse()
         assert response.status == 200
@@ -104,17 +109,19 @@ def test_languages_health_docs_and_page(server):
         connection.close()
 
 
-def test_explain_gives_nbest_tokens_and_attention_per_layer(server, translator):
-    status, answer = post_json(f"{server}/explain", {"q": "Two dogs play."})
+def test_explain_gives_nbest_tokens_and_attention_per_layer(
+    serve_url, serve_translator
+):
+    status, answer = post_json(f"{serve_url}/explain", {"q": "Two dogs play."})
     assert status == 200
-    candidates = translator.translate(["Two dogs play."])[0]
+    candidates = serve_translator.translate(["Two dogs play."])[0]
     assert answer["translations"] == [
         {"text": t.text, "score": pytest.approx(t.score)} for t in candidates
     ]
     assert answer["translatedText"] == candidates[0].text
     scores = [t["score"] for t in answer["translations"]]
     assert scores == sorted(scores, reverse=True) and len(scores) <= BEAM
-    layers = translator.model.config.decoder_layers
+    layers = serve_translator.model.config.decoder_layers
     rows, columns = len(answer["targetTokens"]), len(answer["sourceTokens"])
     assert len(answer["attention"]) == layers and answer["targetTokens"][-1] == "</s>"
     for layer in answer["attention"]:
@@ -160,9 +167,9 @@ ERRORS = {
 
 
 @pytest.mark.parametrize("case", ERRORS)
-def test_bad_json_fields_get_a_json_error(server, case):
+def test_bad_json_fields_get_a_json_error(serve_url, case):
     payload, expected_status, fragment = ERRORS[case]
-    status, answer = post_json(f"{server}/translate", payload)
+    status, answer = post_json(f"{serve_url}/translate", payload)
     assert status == expected_status
     assert fragment in answer["error"]
 
@@ -188,17 +195,22 @@ RAW_ERRORS = {
 
 
 @pytest.mark.parametrize("case", RAW_ERRORS)
-def test_bad_bodies_get_a_json_error(server, case):
+def test_bad_bodies_get_a_json_error(serve_url, case):
     body, kind, expected_status, fragment = RAW_ERRORS[case]
-    status, answer = request(f"{server}/translate", body, kind)
+    status, answer = request(f"{serve_url}/translate", body, kind)
     assert status == expected_status
     assert fragment in answer["error"]
 
 
-def test_a_chunked_body_over_the_limit_gets_413(server):
+def test_a_chunked_body_over_the_limit_gets_413(serve_url):
     """No Content-Length to refuse on: the limit is counted as the body arrives."""
-    chunks = [b'{"q": "', *[b"a" * 1000] * 20, b'"}']
-    connection = http.client.HTTPConnection(urlparse(server).netloc, timeout=10)
+    # It passes the limit with its last chunk only: the client has sent everything
+    # by the time the server refuses (and closes the connection).
+    limit = LIMITS.max_body_bytes
+    head = b'{"q": "' + b"a" * (limit - 7)  # exactly the limit
+    chunks = [head[i : i + 1000] for i in range(0, limit, 1000)] + [b'a"}']
+    assert sum(map(len, chunks[:-1])) <= limit < sum(map(len, chunks))
+    connection = http.client.HTTPConnection(urlparse(serve_url).netloc, timeout=10)
     connection.request(
         "POST",
         "/translate",
@@ -212,11 +224,11 @@ def test_a_chunked_body_over_the_limit_gets_413(server):
     connection.close()
 
 
-def test_unknown_routes_and_methods_get_json_errors(server):
-    assert request(f"{server}/nowhere")[0] == 404
-    status, answer = request(f"{server}/translate")  # GET
+def test_unknown_routes_and_methods_get_json_errors(serve_url):
+    assert request(f"{serve_url}/nowhere")[0] == 404
+    status, answer = request(f"{serve_url}/translate")  # GET
     assert status == 405 and "error" in answer
-    status, answer = post_json(f"{server}/explain", {"q": "A dog.\nA cat."})
+    status, answer = post_json(f"{serve_url}/explain", {"q": "A dog.\nA cat."})
     assert status == 400 and "one non-empty line" in answer["error"]
 
 
@@ -231,19 +243,19 @@ ODD_TEXT = {
 
 
 @pytest.mark.parametrize("case", ODD_TEXT)
-def test_odd_unicode_text_is_translated_without_harm(server, translator, case):
+def test_odd_unicode_text_is_translated_without_harm(serve_url, serve_translator, case):
     text = ODD_TEXT[case]
-    status, answer = post_json(f"{server}/translate", {"q": text, **EN_FR})
+    status, answer = post_json(f"{serve_url}/translate", {"q": text, **EN_FR})
     assert status == 200
     assert answer["translatedText"] == "\n".join(
-        found[0].text for found in translator.translate(text.split("\n"))
+        found[0].text for found in serve_translator.translate(text.split("\n"))
     )
-    assert request(f"{server}/health") == (200, {"status": "ok"})
+    assert request(f"{serve_url}/health") == (200, {"status": "ok"})
 
 
-def test_an_api_key_is_required_when_configured(translator):
+def test_an_api_key_is_required_when_configured(serve_translator):
     settings = ServeSettings(api_key="s3cret")
-    with running_server(translator, settings) as (url, _):
+    with running_server(serve_translator, settings) as (url, _):
         request_fields = {"q": "A dog.", **EN_FR}
         for key, status in [(None, 403), ("wrong", 403), ("", 403), (7, 403)]:
             fields = (
