@@ -11,7 +11,8 @@ single one (multi-query attention, MQA). Fewer key/value heads shrink the KV cac
 speed up decoding, for a small loss in quality.
 
 This module projects hidden states into heads and back; the attention arithmetic on
-the heads is :func:`~encoder_transformer.scaled_dot_product.attend`.
+the heads is :func:`~encoder_transformer.scaled_dot_product.attend`
+(:meth:`MultiHeadAttention.forward_with_weights` also returns the attention weights).
 
 Shapes: ``b`` batch, ``s_q`` query length, ``s_kv`` key length, ``d`` d_model,
 ``h`` query heads, ``h_kv`` key/value heads, ``d_h`` head_dim.
@@ -26,7 +27,11 @@ from torch import Tensor, nn
 
 from encoder_transformer.dropout import Dropout
 from encoder_transformer.positional import RotaryEmbedding
-from encoder_transformer.scaled_dot_product import attend, merge_heads
+from encoder_transformer.scaled_dot_product import (
+    attend,
+    attend_with_weights,
+    merge_heads,
+)
 
 
 class AttentionCache(Protocol):
@@ -134,25 +139,7 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(b, s_q, d)``.
         """
-        if key_value_states is None:
-            offset = 0 if cache is None else cache.length
-            queries, keys, values = self.project_self_attention(query_states)
-            if self.rotary is not None:
-                queries = self.rotary(queries, offset)
-                keys = self.rotary(keys, offset)
-            if cache is not None:
-                keys, values = cache.update(keys, values)
-        else:
-            # (b, s_q, d) -> (b, h, s_q, d_h)
-            queries = self.split_heads(self.query(query_states), self.n_heads)
-            if cache is not None and cache.length > 0:
-                # The source does not change while decoding: reuse its keys/values.
-                keys, values = cache.read()
-            else:
-                keys, values = self.project_key_values(key_value_states)
-                if cache is not None:
-                    keys, values = cache.update(keys, values)
-
+        queries, keys, values = self.project(query_states, key_value_states, cache)
         attended = attend(
             queries,
             keys,
@@ -162,3 +149,62 @@ class MultiHeadAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
         )
         return self.dropout(self.output(merge_heads(attended)))
+
+    def forward_with_weights(
+        self,
+        query_states: Tensor,
+        key_value_states: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` without a cache, also returning the attention weights.
+
+        The softmax is written out (:func:`attend_with_weights`) instead of SDPA's
+        fused kernel, so it is slower: for showing what the model attends to (a
+        cross-attention alignment), not for decoding. No attention dropout.
+
+        Args:
+            query_states, key_value_states, key_padding_mask, is_causal: As in
+                :meth:`forward`.
+
+        Returns:
+            ``(output, weights)``: ``(b, s_q, d)`` as :meth:`forward` gives, and the
+            weights per query head ``(b, h, s_q, s_kv)``, rows summing to 1.
+        """
+        queries, keys, values = self.project(query_states, key_value_states)
+        attended, weights = attend_with_weights(
+            queries, keys, values, key_padding_mask, is_causal
+        )
+        return self.dropout(self.output(merge_heads(attended))), weights
+
+    def project(
+        self,
+        query_states: Tensor,
+        key_value_states: Tensor | None = None,
+        cache: AttentionCache | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values for attention (arguments as in :meth:`forward`).
+
+        Returns:
+            Queries ``(b, h, s_q, d_h)`` (rotated, with rotary positions); keys and
+            values ``(b, h_kv, s_kv, d_h)``, the cached ones included.
+        """
+        if key_value_states is None:
+            offset = 0 if cache is None else cache.length
+            queries, keys, values = self.project_self_attention(query_states)
+            if self.rotary is not None:
+                queries = self.rotary(queries, offset)
+                keys = self.rotary(keys, offset)
+            if cache is not None:
+                keys, values = cache.update(keys, values)
+            return queries, keys, values
+        # (b, s_q, d) -> (b, h, s_q, d_h)
+        queries = self.split_heads(self.query(query_states), self.n_heads)
+        if cache is not None and cache.length > 0:
+            # The source does not change while decoding: reuse its keys/values.
+            keys, values = cache.read()
+        else:
+            keys, values = self.project_key_values(key_value_states)
+            if cache is not None:
+                keys, values = cache.update(keys, values)
+        return queries, keys, values

@@ -9,7 +9,8 @@ into heads (``attention.MultiHeadAttention``, ``latent_attention``) call it.
 The arithmetic is PyTorch's ``scaled_dot_product_attention`` (SDPA), except where a
 measured faster way exists on a CPU: the kernel choice for short bf16 inputs
 (:func:`sdpa_backend`) and two plain batched products for a decoding step
-(:func:`attend_written_out`).
+(:func:`attend_written_out`). :func:`attend_with_weights` writes the softmax out
+and returns the attention weights too, for showing what a model attends to.
 
 Shapes: ``b`` batch, ``s_q`` query length, ``s_kv`` key length, ``h`` query heads,
 ``h_kv`` key/value heads, ``d_qk`` query/key width, ``d_v`` value width.
@@ -196,6 +197,54 @@ def _attend_one_query_per_group(
             grouped, keys, values, attn_mask=mask, dropout_p=dropout, scale=scale
         )  # (b, h_kv, h / h_kv, d_v)
     return attended.view(batch, heads, 1, -1)
+
+
+def attend_with_weights(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_padding_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`attend` with the softmax written out, returning its weights as well.
+
+    For reading what a model attends to (an alignment heat map), not for speed: the
+    ``(b, h, s_q, s_kv)`` weights are materialized, which SDPA's kernels avoid, and
+    there is no dropout. Shared key/value heads (GQA/MQA) are repeated per query
+    head, as SDPA's ``enable_gqa`` does.
+
+    Args:
+        queries: ``(b, h, s_q, d_qk)``.
+        keys: ``(b, h_kv, s_kv, d_qk)``; ``h_kv`` divides ``h``.
+        values: ``(b, h_kv, s_kv, d_v)``.
+        key_padding_mask: ``(b, s_kv)`` bool, True for real keys, or None.
+        is_causal: Query ``i`` (at position ``s_kv - s_q + i``) sees keys up to it.
+        scale: Factor on the scores; None means ``1/√d_qk``.
+
+    Returns:
+        ``(attended, weights)``: ``(b, h, s_q, d_v)`` in the queries' type, and
+        ``(b, h, s_q, s_kv)``, each row summing to 1 over the keys (0 on masked ones).
+
+    >>> q, kv = torch.ones(1, 2, 3, 4), torch.ones(1, 1, 2, 4)
+    >>> attended, weights = attend_with_weights(q, kv, kv, torch.tensor([[1, 0]]) > 0)
+    >>> weights[0, 0]
+    tensor([[1., 0.],
+            [1., 0.],
+            [1., 0.]])
+    """
+    dtype = queries.dtype
+    queries = queries.to(keys.dtype)  # a wider cache type wins, as in attend
+    group = queries.size(1) // keys.size(1)
+    keys = keys.repeat_interleave(group, dim=1)  # (b, h, s_kv, d_qk)
+    values = values.repeat_interleave(group, dim=1)
+    scale = queries.size(-1) ** -0.5 if scale is None else scale
+    scores = torch.matmul(queries * scale, keys.transpose(-2, -1))  # (b, h, s_q, s_kv)
+    mask = attention_mask(key_padding_mask, queries.size(2), keys.size(2), is_causal)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(weights, values).to(dtype), weights
 
 
 def merge_heads(heads: Tensor) -> Tensor:

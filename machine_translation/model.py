@@ -74,6 +74,32 @@ class Seq2SeqTransformer(nn.Module):
         encoder_hidden_states = self.encode(source_ids, source_mask)
         return self.decoder(target_ids, target_mask, encoder_hidden_states, source_mask)
 
+    def forward_with_cross_attention(
+        self,
+        source_ids: Tensor,
+        source_mask: Tensor | None,
+        target_ids: Tensor,
+        target_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`, also returning the decoder's cross-attention weights.
+
+        Run on a translation already chosen (teacher forcing), this shows which
+        source tokens each target position read: the alignment heat map of
+        ``machine_translation.serving``.
+
+        Args:
+            source_ids, source_mask, target_ids, target_mask: As in :meth:`forward`.
+
+        Returns:
+            ``(logits, weights)``: ``(b, s_tgt, v)`` as :meth:`forward`, and
+            ``(decoder_layers, b, h, s_tgt, s_src)``; row t is what the position
+            that predicts target token t+1 attended to.
+        """
+        encoder_hidden_states = self.encode(source_ids, source_mask)
+        return self.decoder.forward_with_cross_attention(
+            target_ids, target_mask, encoder_hidden_states, source_mask
+        )
+
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty decoder cache for :meth:`decode_step`.
 

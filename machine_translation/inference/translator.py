@@ -86,6 +86,7 @@ class Translator:
             checkpoint, self.device, adapter
         )
         self.max_positions = model.config.max_positions
+        self.model = model  # as decoded with (for analyses, e.g. serving's alignment)
         self.decoder = batch_decoder(
             model,
             self.precision,

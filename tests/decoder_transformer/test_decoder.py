@@ -65,3 +65,29 @@ def test_cross_attention_reads_the_source(tiny_config):
     torch.testing.assert_close(
         decoder(target, None, memory, mask), decoder(target, None, other, mask)
     )
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_cross_attention_weights_come_with_the_same_logits(tiny_config, placement):
+    """The teacher-forced pass that returns the weights scores as ``forward`` does."""
+    decoder = build_decoder(tiny_config(norm_placement=placement, n_kv_heads=2))
+    target = torch.randint(1, 37, (2, 5))
+    target_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    memory = torch.randn(2, 6, 32)
+    source_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    expected = decoder(target, target_mask, memory, source_mask)
+    logits, weights = decoder.forward_with_cross_attention(
+        target, target_mask, memory, source_mask
+    )
+    torch.testing.assert_close(logits[target_mask], expected[target_mask])
+    assert weights.shape == (2, 2, 4, 5, 6)  # (layers, b, h, s, s_src)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 4, 5))
+    assert (weights[:, 1, :, :, 4:] == 0).all()  # the padded source is never read
+
+
+def test_a_gpt_decoder_has_no_cross_attention_to_return(tiny_config):
+    decoder = build_decoder(tiny_config(), cross_attention=False)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        decoder.forward_with_cross_attention(
+            torch.randint(1, 37, (1, 3)), None, torch.randn(1, 2, 32)
+        )

@@ -70,6 +70,30 @@ def test_cross_attention_equals_explicit_softmax():
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_kv_heads", [4, 1], ids=["MHA", "MQA"])
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_forward_with_weights_equals_the_sdpa_path(n_kv_heads, cross):
+    """The explicit softmax path gives SDPA's output, and the weights it used."""
+    rotary = None if cross else RotaryEmbedding(D_MODEL // HEADS, 16)
+    attention = MultiHeadAttention(D_MODEL, HEADS, n_kv_heads, rotary=rotary).eval()
+    queries, memory = torch.randn(2, 4, D_MODEL), torch.randn(2, 6, D_MODEL)
+    key_states = memory if cross else None
+    mask = padding_mask([6, 3], 6) if cross else padding_mask([4, 2], 4)
+    expected = attention(
+        queries, key_states, key_padding_mask=mask, is_causal=not cross
+    )
+    actual, weights = attention.forward_with_weights(
+        queries, key_states, key_padding_mask=mask, is_causal=not cross
+    )
+    real = slice(None) if cross else mask  # padded queries' outputs are never read
+    torch.testing.assert_close(actual[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert weights.shape == (2, HEADS, 4, mask.size(1))
+    assert (weights[1, :, :, mask.size(1) - (3 if cross else 2) :] == 0).all()
+    if cross:  # the weights are the reference's own
+        reference = reference_attention(attention, queries, memory, mask, False)
+        torch.testing.assert_close(actual, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_grouped_query_attention_is_mha_with_shared_key_value_heads():
     """GQA (2 KV heads for 4 query heads) == MHA whose K/V heads repeat per group."""
     gqa = MultiHeadAttention(D_MODEL, HEADS, n_kv_heads=2).eval()

@@ -5,6 +5,7 @@ import torch
 
 from encoder_transformer.scaled_dot_product import (
     attend,
+    attend_with_weights,
     is_cpu_decoding_step,
     merge_heads,
 )
@@ -95,3 +96,23 @@ def test_merge_heads_puts_each_tokens_heads_side_by_side():
     merged = merge_heads(split)
     assert merged.shape == (2, 4, 15)
     torch.testing.assert_close(merged[1, 2, 5:10], split[1, 1, 2])
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["MHA", "GQA", "MQA"])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["cross", "causal"])
+@pytest.mark.parametrize("grad", [True, False], ids=["sdpa", "decoding-step-path"])
+def test_attention_with_weights_equals_attend(n_kv_heads, is_causal, grad):
+    """The written-out softmax gives attend's output, and weights that are a
+    distribution over the real (and, causally, earlier) keys."""
+    queries = heads(3, HEADS, 5)
+    keys, values = heads(3, n_kv_heads, 5), heads(3, n_kv_heads, 5)
+    mask = padding_mask([5, 3, 1], 5)
+    with torch.set_grad_enabled(grad):
+        expected = attend(queries, keys, values, mask, is_causal)
+        attended, weights = attend_with_weights(queries, keys, values, mask, is_causal)
+    torch.testing.assert_close(attended, expected, atol=1e-5, rtol=1e-5)
+    assert weights.shape == (3, HEADS, 5, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, HEADS, 5))
+    assert (weights[1, :, :, 3:] == 0).all() and (weights[2, :, :, 1:] == 0).all()
+    if is_causal:
+        assert (weights[0].triu(1) == 0).all()

@@ -31,3 +31,30 @@ def verse_run(tmp_path_factory) -> Path:
             "trainer.eval_every=125",
         )
     )
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(smoke_run) -> Path:
+    return smoke_run / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def serve_translator(serve_checkpoint):
+    """The smoke model as ``serve`` loads it: n-best = the beam (serve_helpers)."""
+    from serve_helpers import BEAM, DECODING
+
+    from machine_translation.inference.translator import Translator
+
+    translator = Translator(serve_checkpoint, "cpu", "fp32", DECODING, nbest=BEAM)
+    yield translator
+    translator.close()
+
+
+@pytest.fixture(scope="module")
+def serve_url(serve_translator):
+    """The base URL of a real server of :func:`serve_translator` on 127.0.0.1,
+    with the small limits of ``serve_helpers.LIMITS`` and no API key."""
+    from serve_helpers import LIMITS, running_server
+
+    with running_server(serve_translator, LIMITS) as (url, _):
+        yield url

@@ -131,6 +131,17 @@ def test_cached_decoding_after_reordering_the_batch(tiny_config, variant):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_attention_pass_scores_as_forward(tiny_config, variant):
+    model = Seq2SeqTransformer(tiny_config(**VARIANTS[variant])).eval()
+    source, target = torch.randint(4, 37, (2, 7)), torch.randint(4, 37, (2, 5))
+    source_mask = mask_of([7, 4], 7)
+    expected = model(source, source_mask, target)
+    logits, weights = model.forward_with_cross_attention(source, source_mask, target)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert weights.shape == (model.config.decoder_layers, 2, 4, 5, 7)
+
+
 def test_shared_embedding_is_one_parameter_counted_once(tiny_config):
     model = Seq2SeqTransformer(tiny_config(share_embeddings=True))
     shared = model.encoder.embedding.tokens.weight
