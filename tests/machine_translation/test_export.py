@@ -35,10 +35,11 @@ from machine_translation.exporting.hf_model import (  # noqa: E402
 )
 
 GREEDY = DecodingConfig(beam_size=1, batch_size=16)
-# On the smoke model, int8 CTranslate2 against our fp32 greedy outputs scored
-# 71-100 BLEU in trials (tiny models are the least robust to rounding); a
-# trained model keeps BLEU within ±0.3 (bench/README.md).
-INT8_MIN_BLEU = 50.0
+# On the smoke model, int8 CTranslate2 against our fp32 greedy outputs scored 98.3
+# BLEU on these 24 sentences (2026-12-03, two runs, AVX-512 VNNI); the margin is
+# for other CPUs' kernels and tiny models' fragility (one flipped token changes the
+# rest of a sentence). A trained model keeps BLEU within 0.1 (bench/README.md).
+INT8_MIN_BLEU = 80.0
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """int8 decoding in our own engine (``--precision int8``): close to fp32, not equal.
 
 int8 rounds every linear layer's weights (per output row) and inputs (per row), so
-logits move by a few percent of their spread and an argmax between two near-equal
-tokens can flip: outputs are close to fp32's, not the same. On the smoke model the
-int8 greedy outputs scored 72-100 BLEU against fp32's in trials; the test asks for
-:data:`MIN_BLEU`. Memory: the weights of the linear layers take a quarter.
+logits move (the test bounds the largest change by 5% of their spread) and an
+argmax between two near-equal tokens can flip: outputs are close to fp32's, not bound to be the same. On the smoke
+model (2026-12-03, two runs, AVX-512 VNNI) the logits differed and the 24 greedy
+outputs were all the same as fp32's (BLEU 100; on the trained model 890 of 1,000);
+the test asks for BLEU :data:`MIN_BLEU`, with a margin for other CPUs' kernels.
+Memory: the weights of the linear layers take a quarter.
 """
 
 import pytest
@@ -21,7 +23,7 @@ from machine_translation.inference.int8 import Int8Seq2Seq, weight_bytes
 from machine_translation.inference.translator import Translator
 from machine_translation.runtime.devices import resolve_inference_precision
 
-MIN_BLEU = 50.0
+MIN_BLEU = 80.0
 GREEDY = DecodingConfig(beam_size=1, batch_size=16)
 
 
