@@ -1,20 +1,24 @@
 """Decoding speed: ours against Hugging Face ``generate`` and CTranslate2, same model.
 
     python bench/decode_speed.py [--checkpoint runs/en-fr/<run>/checkpoints/best.pt]
-        [--threads 2] [--repeats 3] [--batch1 100] [--systems ours hf ct2]
+        [--threads 2] [--repeats 3] [--batch1 100] [--sentences 1000]
+        [--systems ours hf ct2 ct2-int8] [--precisions fp32 bf16 int8]
         [--keep-freed-memory] [--workers 2] [--compiled]
         [--preload /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4]
 
 Translates Multi30K test_2016_flickr (1,000 sentences at batch 64; the first
-``--batch1`` of them at batch 1) with greedy search and beam 5, in fp32 and bf16,
+``--batch1`` of them at batch 1) with greedy search and beam 5,
 and reports sentences/s, target tokens/s (output tokens + EOS, counted by
 re-tokenizing each output) and the BLEU of each setting. Ours runs the toolkit's
 own path (``translate_token_ids``: sorted batches, KV cache, weights in the
-precision asked). The references run our trained weights converted to an M2M100
-model (``bench/reference_models.py``: same architecture, same greedy outputs):
-Hugging Face ``generate`` (fp32 and bf16 weights) and CTranslate2 (float32: it has
-no bf16 on CPU). They are skipped with a message when not installed
-(``pip install transformers ctranslate2``).
+precision asked: ``--precisions``, fp32, bf16 and int8 by default). The references
+run our trained weights as the export writes them
+(``machine_translation.exporting``: a Pegasus model, the same architecture and the
+same greedy outputs, and CTranslate2's conversion of it): Hugging Face ``generate``
+(fp32 and bf16 weights), CTranslate2 float32 (it has no bf16 on CPU) and
+CTranslate2 int8 (``compute_type="int8"`` on the same converted weights, what a
+deploying user picks), each CTranslate2 in a process of its own. They are skipped
+with a message when not installed (``pip install -e '.[export]'``).
 
 The machine may be shared: every setting runs once per round, the rounds repeat
 ``--repeats`` times, so that all systems see the same load, and the table gives
@@ -81,6 +85,7 @@ from machine_translation.inference.fast import keep_freed_memory
 from machine_translation.inference.fast.processes import DecodingProcesses
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
+CT2_COMPUTE = {"ct2": "float32", "ct2-int8": "int8"}  # system → compute_type
 DECODERS: list = []  # ours' batch decoders, closed at the end of a round
 
 
@@ -138,9 +143,9 @@ def ours(
 
 
 def hugging_face(model, tokenizer, precision, beam, batch) -> Callable:
-    from reference_models import hugging_face_generate, to_hugging_face
+    from machine_translation.exporting.hf_model import to_transformers
 
-    reference = to_hugging_face(copy.deepcopy(model))
+    reference = to_transformers(model)
     if precision == "bf16":
         reference = reference.to(torch.bfloat16)
     # fairseq's stopping rule, as ours: a sentence ends once `beam` hypotheses did.
@@ -159,33 +164,38 @@ def hugging_face(model, tokenizer, precision, beam, batch) -> Callable:
                 eos_id=2,
             )  # fmt: skip
             longest = padded.source_ids.size(1)
-            generated = hugging_face_generate(
-                reference,
-                padded.source_ids,
-                padded.source_mask,
+            generated = reference.generate(
+                input_ids=padded.source_ids,
+                attention_mask=padded.source_mask.long(),
                 max_new_tokens=int(MAX_LENGTH_A * longest + MAX_LENGTH_B),
                 **settings,
             )
-            for row, tokens in zip(rows, generated, strict=True):
-                outputs[row] = tokens
+            for row, tokens in zip(rows, generated.tolist(), strict=True):
+                outputs[row] = tokens  # (decoding drops <s>, EOS and padding)
         return tokenizer.decode_batch(outputs)
 
     return translate
 
 
 def ctranslate2_reference(tokenizer, translator, beam, batch) -> Callable:
-    from reference_models import ct2_to_ids, ids_to_ct2
+    """CTranslate2 reads and writes token strings: ``tokens`` converts (the
+    exported ``transformers`` tokenizer, which the exported model ships)."""
+    from machine_translation.exporting.hf_tokenizer import to_transformers_tokenizer
+
+    tokens = to_transformers_tokenizer(tokenizer, max_length=10**6)
 
     def translate(source_ids):
         longest = max(len(ids) for ids in source_ids)
         results = translator.translate_batch(
-            [ids_to_ct2(ids) for ids in source_ids],
+            [tokens.convert_ids_to_tokens(ids) for ids in source_ids],
             beam_size=beam,
             max_batch_size=batch,
             length_penalty=1.0,
             max_decoding_length=int(MAX_LENGTH_A * longest + MAX_LENGTH_B),
         )
-        return tokenizer.decode_batch([ct2_to_ids(r.hypotheses[0]) for r in results])
+        return tokenizer.decode_batch(
+            [tokens.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        )
 
     return translate
 
@@ -199,7 +209,7 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
     searches = [("greedy", 1), ("beam 5", 5)]
     if "ours" in args.systems:
         for (search, beam), batch, precision in (
-            (s, b, p) for s in searches for b in (64, 1) for p in ("fp32", "bf16")
+            (s, b, p) for s in searches for b in (64, 1) for p in args.precisions
         ):
             translate = ours(model, tokenizer, precision, beam, batch, args.workers)
             threads = max(1, args.threads // args.workers)  # the workers share them
@@ -236,26 +246,28 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
                 settings.append(
                     Setting("hugging face", search, 64, precision, translate)
                 )
-    if "ct2" in args.systems:
+    for system in [s for s in args.systems if s in CT2_COMPUTE]:
         # Its converter reads the Hugging Face model: transformers is needed too.
         if not (installed("ctranslate2") and installed("transformers")):
-            print("skipping CTranslate2: pip install ctranslate2 transformers")
-        else:
-            import ctranslate2
+            print("skipping CTranslate2: pip install -e '.[export]'")
+            continue
+        import ctranslate2
 
-            # One translator for all settings: each has its own pool of threads,
-            # and four idle pools beside the working one cost it a third of its
-            # speed.
-            translator = ctranslate2.Translator(
-                str(workdir / "ct2"),  # converted by main()
-                device="cpu",
-                inter_threads=args.workers,
-                intra_threads=max(1, args.threads // args.workers),
-            )
-            for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
-                translate = ctranslate2_reference(tokenizer, translator, beam, batch)
-                setting = Setting("ctranslate2", search, batch, "fp32", translate)
-                settings.append(setting)
+        # One translator for all settings: each has its own pool of threads, and
+        # four idle pools beside the working one cost it a third of its speed.
+        compute_type = CT2_COMPUTE[system]
+        translator = ctranslate2.Translator(
+            str(workdir / "ct2"),  # converted by main(), float32
+            device="cpu",
+            compute_type=compute_type,  # int8: quantized as it loads
+            inter_threads=args.workers,
+            intra_threads=max(1, args.threads // args.workers),
+        )
+        precision = {"float32": "fp32"}.get(compute_type, compute_type)
+        for (search, beam), batch in ((s, b) for s in searches for b in (64, 1)):
+            translate = ctranslate2_reference(tokenizer, translator, beam, batch)
+            setting = Setting("ctranslate2", search, batch, precision, translate)
+            settings.append(setting)
     return settings
 
 
@@ -266,7 +278,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch1", type=int, default=100, help="sentences at batch 1")
     parser.add_argument(
-        "--systems", nargs="+", default=["ours", "hf", "ct2"], help="ours hf ct2"
+        "--sentences", type=int, default=1000, help="sentences at batch 64"
+    )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=["ours", "hf", "ct2", "ct2-int8"],
+        help="ours hf ct2 ct2-int8",
+    )
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16", "int8"], help="ours'"
     )
     parser.add_argument(
         "--keep-freed-memory", action="store_true", help="glibc keeps freed blocks"
@@ -286,7 +307,7 @@ def main() -> None:
     # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
     # them, once started, halved its speed (greedy 101-137 against 257-279
     # sentences/s), so its process keeps PyTorch to one thread from the start.
-    torch.set_num_threads(1 if args.worker == "ct2" else args.threads)
+    torch.set_num_threads(1 if args.worker in CT2_COMPUTE else args.threads)
     args.checkpoint = str(args.checkpoint or find_checkpoint(ROOT / "runs", "en-fr"))
     model, tokenizer, _ = load_translation_model(Path(args.checkpoint), "cpu")
     test_set = builtin_test_set("multi30k")
@@ -309,10 +330,12 @@ def main() -> None:
         print(f"ours and CTranslate2 decode {args.workers} batches at once")
     settings: dict[tuple, Setting] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        if "ct2" in args.systems and installed("ctranslate2"):
-            from reference_models import to_ctranslate2
+        if set(CT2_COMPUTE) & set(args.systems) and installed("ctranslate2"):
+            from machine_translation.exporting.ctranslate2_model import (
+                save_ctranslate2,
+            )
 
-            to_ctranslate2(copy.deepcopy(model), Path(workdir) / "ct2")
+            save_ctranslate2(model, tokenizer, Path(workdir) / "ct2", "float32")
         for round_ in range(args.repeats):
             for system in args.systems:
                 for result in run_worker(args, system, Path(workdir)):
@@ -330,6 +353,8 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
     command += ["--checkpoint", args.checkpoint, "--threads", str(args.threads)]
     command += ["--batch1", str(args.batch1), "--workers", str(args.workers)]
+    command += ["--sentences", str(args.sentences)]
+    command += ["--precisions", *args.precisions]
     if args.keep_freed_memory:
         command.append("--keep-freed-memory")
     if args.compiled:
@@ -350,7 +375,7 @@ def run_one_round(args, model, tokenizer, source_ids, workdir: Path) -> None:
     results = []
     for setting in settings:
         torch.set_num_threads(setting.threads or torch.get_num_threads())
-        count = len(source_ids) if setting.batch > 1 else args.batch1
+        count = args.sentences if setting.batch > 1 else args.batch1
         start = time.perf_counter()
         texts = setting.translate(source_ids[:count])
         seconds = time.perf_counter() - start

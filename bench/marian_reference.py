@@ -48,25 +48,13 @@ def build_marian(config: TransformerConfig, bos_id: int, eos_id: int) -> nn.Modu
     """A randomly initialized ``MarianMTModel`` of ``config``'s size."""
     from transformers import MarianConfig, MarianMTModel
 
+    from machine_translation.exporting.hf_model import bart_family_fields
+
     marian_config = MarianConfig(
-        vocab_size=config.vocab_size,
+        **bart_family_fields(config),
         decoder_vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        encoder_layers=config.encoder_layers,
-        decoder_layers=config.decoder_layers,
-        encoder_attention_heads=config.n_heads,
-        decoder_attention_heads=config.n_heads,
-        encoder_ffn_dim=config.d_ff,
-        decoder_ffn_dim=config.d_ff,
-        activation_function=config.activation,
-        dropout=config.dropout,
-        attention_dropout=config.attention_dropout,
-        activation_dropout=config.activation_dropout,
-        max_position_embeddings=config.max_positions,
-        scale_embedding=config.scale_embeddings,
         share_encoder_decoder_embeddings=config.share_embeddings,
         tie_word_embeddings=True,
-        pad_token_id=config.pad_id,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         decoder_start_token_id=bos_id,

@@ -84,7 +84,7 @@ class TransformerDecoder(nn.Module):
         Returns:
             ``(b, s, v)`` logits: position t scores the token that follows t.
         """
-        hidden_states = self._run_blocks(
+        hidden_states = self.final_hidden_states(
             target_ids, target_mask, encoder_hidden_states, source_mask, cache=None
         )
         return self.lm_head(hidden_states)
@@ -147,7 +147,7 @@ class TransformerDecoder(nn.Module):
         Returns:
             ``(b, s_new, v)`` logits.
         """
-        hidden_states = self._run_blocks(
+        hidden_states = self.final_hidden_states(
             target_ids, target_mask, encoder_hidden_states, source_mask, cache=cache
         )
         return self.lm_head(hidden_states)
@@ -156,7 +156,7 @@ class TransformerDecoder(nn.Module):
         """``(b, s, d)`` → ``(b, s, v)`` with the token embedding matrix (tied)."""
         return F.linear(hidden_states, self.embedding.tokens.weight)
 
-    def _run_blocks(
+    def final_hidden_states(
         self,
         target_ids: Tensor,
         target_mask: Tensor | None,
@@ -164,6 +164,12 @@ class TransformerDecoder(nn.Module):
         source_mask: Tensor | None,
         cache: DecoderCache | None,
     ) -> Tensor:
+        """The final states before the LM head: embedding, blocks, final norm.
+
+        Arguments as :meth:`forward` (without ``cache``) or :meth:`step` (with it);
+        returns ``(b, s, d)``. A model with a head of its own (an int8 copy of the
+        tied matrix, ``machine_translation.inference.int8``) applies it to these.
+        """
         offset = 0 if cache is None else cache.length
         hidden_states = self.embedding(target_ids, offset)
         for layer, block in enumerate(self.blocks):

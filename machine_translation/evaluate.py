@@ -30,7 +30,7 @@ from machine_translation.evaluation.test_sets import builtin_test_set, file_test
 from machine_translation.inference import fast
 from machine_translation.runtime.devices import (
     resolve_device,
-    resolve_precision,
+    resolve_inference_precision,
     share_cpu_threads,
 )
 
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--precision", default="auto", help="auto, bf16, fp16, fp32, int8 (CPU)"
+    )
     args = parser.parse_args(argv)
     try:
         if min(args.beam) < 1:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             else [builtin_test_set(name) for name in args.test]
         )
         device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_inference_precision(args.precision, device)
         if args.workers < 1:
             raise ValueError(f"--workers {args.workers}: need at least 1")
         share_cpu_threads(args.workers, device)

@@ -81,7 +81,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32")
+    parser.add_argument(
+        "--precision", default="auto", help="auto, bf16, fp16, fp32, int8 (CPU)"
+    )
     return parser.parse_args(argv)
 
 

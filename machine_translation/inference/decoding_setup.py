@@ -12,6 +12,7 @@ from pathlib import Path
 
 from machine_translation.inference import fast
 from machine_translation.inference.decoders import BatchDecoder, InProcess
+from machine_translation.inference.int8 import Int8Seq2Seq
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import for_inference
 
@@ -29,7 +30,8 @@ def batch_decoder(
 
     Args:
         model: A translation model as loaded (converted in place for inference).
-        precision: A resolved precision, ``bf16``, ``fp16`` or ``fp32``.
+        precision: A resolved precision, ``bf16``, ``fp16``, ``fp32``, or ``int8``
+            (CPU: a new model with int8 linear layers is built from ``model``).
         workers: Batches decoded at once: threads eagerly; with ``compiled``,
             processes (a compiled program holds Python's interpreter lock).
         compiled: Decode with programs compiled ahead of time (CPU only; see
@@ -41,6 +43,12 @@ def batch_decoder(
         ValueError: bad ``workers``, or ``compiled`` where it cannot run.
         CompileError: ``compiled`` and a program could not be compiled.
     """
+    if precision == "int8":
+        if compiled:
+            raise ValueError(
+                "--compiled builds bf16/fp32 programs: use it without precision int8"
+            )
+        return InProcess(Int8Seq2Seq(for_inference(model, "fp32")), workers)
     if not compiled:
         return InProcess(for_inference(model, precision), workers)
     if directory is None:

@@ -22,7 +22,10 @@ from machine_translation.inference.batch_translation import (
 )
 from machine_translation.inference.decoding_setup import batch_decoder
 from machine_translation.inference.sampling import Sampling
-from machine_translation.runtime.devices import resolve_device, resolve_precision
+from machine_translation.runtime.devices import (
+    resolve_device,
+    resolve_inference_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ class Translator:
     Args:
         checkpoint: A translation checkpoint (``best.pt``, ``last.pt``, averaged).
         device: ``auto``, ``cpu``, ``cuda``...
-        precision: ``auto``, ``bf16``, ``fp16`` or ``fp32``.
+        precision: ``auto``, ``bf16``, ``fp16``, ``fp32``, or ``int8`` (CPU only:
+            int8 linear layers, ``inference.int8``).
         decoding: Beam size (1 = greedy), length penalty, output length limit and
             batch size; None reads ``conf/decoding/default.yaml``.
         nbest: Translations per sentence (at most the beam size).
@@ -81,7 +85,7 @@ class Translator:
         if workers < 1 or (sampling is not None and workers != 1):
             raise ValueError(f"workers={workers}: need >= 1, and 1 for sampling")
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_inference_precision(precision, self.device)
         model, self.tokenizer, _ = load_translation_model(
             checkpoint, self.device, adapter
         )

@@ -67,20 +67,47 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
+def resolve_inference_precision(name: str, device: torch.device) -> str:
+    """:func:`resolve_precision`, plus ``int8`` for translation on the CPU.
+
+    ``int8`` decodes with int8 linear layers (``inference.int8``): a choice of
+    translation only, never ``auto``'s (``bench/README.md`` compares them).
+
+    >>> resolve_inference_precision("int8", torch.device("cpu"))
+    'int8'
+    >>> resolve_inference_precision("int8", torch.device("meta"))
+    Traceback (most recent call last):
+    ...
+    ValueError: precision='int8' runs on the CPU only (int8 linear layers); on meta use auto, bf16, fp16 or fp32
+    """  # noqa: E501
+    if name != "int8":
+        return resolve_precision(name, device)
+    if device.type != "cpu":
+        raise ValueError(
+            f"precision='int8' runs on the CPU only (int8 linear layers); on "
+            f"{device.type} use auto, bf16, fp16 or fp32"
+        )
+    return name
+
+
 def precision_dtype(precision: str) -> torch.dtype:
-    """The tensor type of a (resolved) precision.
+    """The tensor type of a (resolved) precision; for ``int8``, that of what is not
+    quantized (embeddings, norms, attention over the cache).
 
     >>> precision_dtype("bf16")
     torch.bfloat16
     """
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-        precision
-    ]
+    return {
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "int8": torch.float32,
+    }[precision]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
+    """The autocast context for ``precision`` (a no-op for fp32 and int8)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=precision_dtype(precision))
 
