@@ -90,7 +90,9 @@ class Translator:
             checkpoint, self.device, adapter
         )
         self.max_positions = model.config.max_positions
-        self.model = model  # as decoded with (for analyses, e.g. serving's alignment)
+        # The loaded model, for analyses (serving's alignment): the one decoded with,
+        # except that int8 and the compiled programs decode from copies of it.
+        self.model = model
         self.decoder = batch_decoder(
             model,
             self.precision,
