@@ -157,9 +157,15 @@ class ScheduleConfig:
     kind: str = "inverse_sqrt"  # inverse_sqrt | cosine | constant
     warmup_steps: int = 400
     min_lr_ratio: float = 0.0  # cosine: floor as a fraction of the peak
+    # cosine: decays to trainer.max_steps ("steps") or trainer.max_minutes ("minutes")
+    horizon: str = "steps"
 
     def __post_init__(self) -> None:
         check_ranges("schedule", self, warmup_steps=(0, INF), min_lr_ratio=(0, 1))
+        if self.horizon not in ("steps", "minutes"):
+            raise ValueError(
+                f"schedule.horizon={self.horizon!r} is not one of ('steps', 'minutes')"
+            )
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from machine_translation.config.schema import OptimConfig, TrainerConfig
+from machine_translation.training.schedule import time_progress
 
 
 class TrainingTask(Protocol):
@@ -64,6 +65,19 @@ class TrainingState:
     best_score: float | None = None
     validations_without_improvement: int = 0
     elapsed_seconds: float = 0.0
+    decay_start_seconds: float | None = None  # elapsed when warm-up ended
+
+    def tick(self, elapsed_seconds: float, warmup_steps: int) -> None:
+        """Sets the clock after a step, noting when warm-up ended."""
+        self.elapsed_seconds = elapsed_seconds
+        if self.decay_start_seconds is None and self.step >= warmup_steps:
+            self.decay_start_seconds = elapsed_seconds
+
+    def decay_progress(self, budget_seconds: float) -> float:
+        """How far a schedule bounded by time has decayed (``horizon=minutes``)."""
+        return time_progress(
+            self.elapsed_seconds, self.decay_start_seconds, budget_seconds
+        )
 
     def record_score(self, score: float, higher_is_better: bool) -> bool:
         """Counts a validation's score; returns whether it is the best yet.

@@ -81,20 +81,27 @@ class Trainer:
         self.run_config = run_config or {}
         self.model = task.model.to(device)
         self.optimizer = build_optimizer(self.model, optim)
+        self.warmup_steps = schedule.warmup_steps
+        self.state = TrainingState()
         self.scheduler = build_scheduler(
             self.optimizer,
             schedule.kind,
             schedule.warmup_steps,
             trainer.max_steps,
             schedule.min_lr_ratio,
+            # self.state is read at each update (restore() replaces it)
+            (lambda: self.state.decay_progress(60 * (trainer.max_minutes or 0)))
+            if schedule.horizon == "minutes"
+            else None,
         )
+        if schedule.horizon == "minutes" and trainer.max_minutes is None:
+            raise ValueError("schedule.horizon=minutes needs trainer.max_minutes")
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.trained_model: nn.Module = (
             DistributedDataParallel(self.model)
             if self.distributed.enabled
             else self.model
         )
-        self.state = TrainingState()
         self.metrics = MetricsLog(run_dir) if self.distributed.is_main else None
 
     def checkpoint_path(self, kind: str) -> Path:
@@ -164,7 +171,7 @@ class Trainer:
                     loss_sum, tokens, all_tokens = self._optimizer_step(micro_batches)
                     self.state.step += 1
                     window.add(loss_sum, tokens, all_tokens)
-                    self.state.elapsed_seconds = time.perf_counter() - start
+                    self.state.tick(time.perf_counter() - start, self.warmup_steps)
                     progress.advance(self.state.step, self.state.elapsed_seconds)
                     if self.state.step % self.config.log_every == 0:
                         self._report_training(progress, window)

@@ -54,6 +54,28 @@ def test_short_run_lowers_validation_loss_and_writes_the_run(tmp_path):
     assert last["training"]["state"]["step"] == 60
 
 
+def test_a_run_bounded_by_minutes_ends_annealed(tmp_path):
+    minutes = 0.25
+    settings = [
+        "schedule=cosine",
+        "schedule.horizon=minutes",
+        "schedule.warmup_steps=5",
+    ]
+    config = compose_config(
+        tmp_path, *settings, f"trainer.max_minutes={minutes}", "trainer.max_steps=10000"
+    )
+    run_dir = train(config)
+    rows = records(run_dir, "train")
+    peak, floor = config.optim.lr, config.optim.lr * config.schedule.min_lr_ratio
+    rates = [row["lr"] for row in rows]
+    assert max(rates) == pytest.approx(peak, rel=0.05)  # warm-up reached the peak
+    assert rows[-1]["elapsed_seconds"] >= 60 * minutes  # the clock ended the run...
+    # ...with the rate near its floor (the rate is set from the clock one step late,
+    # and a loaded machine makes steps long); counted in steps it would be the peak
+    assert rates[-1] < floor + 0.25 * (peak - floor)
+    assert rows[-1]["step"] < 10000
+
+
 def test_only_the_newest_step_checkpoints_are_kept(tmp_path):
     settings = ["trainer.max_steps=16", "trainer.eval_every=4"]
     run_dir = train(compose_config(tmp_path, *settings, "trainer.keep_checkpoints=2"))
@@ -167,6 +189,8 @@ def test_resume_removes_the_temporary_files_of_a_killed_save(tmp_path):
         ("decoding.beam_size=0", "decoding.beam_size=0: must be at least 1"),
         ("data.augment.fraction=2", "data.augment.fraction=2.0: must be in [0, 1]"),
         ("data.max_source_length=1", "no training pairs left"),
+        ("schedule.horizon=hours", "schedule.horizon='hours' is not one of"),
+        ("schedule.horizon=minutes", "schedule.horizon=minutes needs trainer.max"),
     ],
 )
 def test_config_mistakes_fail_naming_the_field(tmp_path, override, expected):
