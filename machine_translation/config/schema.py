@@ -46,7 +46,7 @@ class AugmentConfig:
     """
 
     fraction: float = 0.3  # of the training pairs each epoch; 0 = off
-    drop_final_punctuation: float = 0.6  # of those: both sides lose the final stop
+    drop_final_punctuation: float = 0.9  # of those: both sides lose the final stop
     lowercase_source: float = 0.5  # one case change each: source lower-cased,
     uppercase: float = 0.05  # both sides upper-cased,
     titlecase_source: float = 0.05  # or source title-cased (else case kept)
