@@ -81,21 +81,20 @@ class Trainer:
         self.run_config = run_config or {}
         self.model = task.model.to(device)
         self.optimizer = build_optimizer(self.model, optim)
+        if schedule.horizon == "minutes" and trainer.max_minutes is None:
+            raise ValueError("schedule.horizon=minutes needs trainer.max_minutes")
         self.warmup_steps = schedule.warmup_steps
-        self.state = TrainingState()
+        self.state = TrainingState()  # read through self: restore() replaces it
         self.scheduler = build_scheduler(
             self.optimizer,
             schedule.kind,
             schedule.warmup_steps,
             trainer.max_steps,
             schedule.min_lr_ratio,
-            # self.state is read at each update (restore() replaces it)
-            (lambda: self.state.decay_progress(60 * (trainer.max_minutes or 0)))
+            (lambda: self.state.decay_progress(60 * trainer.max_minutes))
             if schedule.horizon == "minutes"
             else None,
         )
-        if schedule.horizon == "minutes" and trainer.max_minutes is None:
-            raise ValueError("schedule.horizon=minutes needs trainer.max_minutes")
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.trained_model: nn.Module = (
             DistributedDataParallel(self.model)
