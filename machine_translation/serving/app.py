@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,17 @@ def _body(schema: dict[str, Any], forms: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def create_app(service: TranslationService, settings: ServeSettings) -> FastAPI:
-    """The application; its lifespan starts and (gracefully) stops ``service``."""
+def create_app(
+    service: TranslationService, settings: ServeSettings, worker_thread: bool = True
+) -> FastAPI:
+    """The application; its lifespan starts ``service`` on a worker thread (unless
+    ``worker_thread`` is False: the caller runs ``service.work()``) and stops it
+    gracefully."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.start()
+        if worker_thread:
+            service.start()
         try:
             yield
         finally:
@@ -142,8 +148,10 @@ def create_app(service: TranslationService, settings: ServeSettings) -> FastAPI:
     async def languages() -> list[dict[str, Any]]:
         return LANGUAGES
 
-    @app.get("/health", summary="Whether the service answers")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", summary="Whether the service answers, and what it decoded")
+    async def health() -> dict[str, Any]:
+        """``status`` ok, and the batches, requests and sentences decoded since the
+        start (their ratio is the mean batch size)."""
+        return {"status": "ok", **asdict(service.batcher.totals)}
 
     return app

@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests decoded together, on one worker thread.
+"""Dynamic batching: concurrent requests decoded together, by one worker.
 
 A decoding step costs nearly the same for one sentence as for thirty on a CPU (the
 step is many small operations), so requests that arrive together are translated
@@ -9,8 +9,11 @@ gathered; then it decodes them as one call. While it decodes, new requests queue
 up and form the next batch, so under load batches fill without waiting.
 
 The event loop only queues work and awaits futures: the model never runs on it, so
-the server keeps accepting requests while a batch decodes. :meth:`close` lets the
-worker finish everything queued before it stops (a graceful shutdown).
+the server keeps accepting requests while a batch decodes. The worker is a thread of
+the batcher's own (:meth:`~DynamicBatcher.start`) or the thread that calls
+:meth:`~DynamicBatcher.work` (``serve``: the main thread, which decodes faster).
+:meth:`~DynamicBatcher.close` lets the worker finish everything queued before it
+stops (a graceful shutdown).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -41,6 +45,15 @@ class _Job:
 _STOP = object()
 
 
+@dataclass
+class BatchTotals:
+    """What the worker has decoded since it started (for ``/health``)."""
+
+    batches: int = 0
+    requests: int = 0
+    sentences: int = 0
+
+
 class BatcherClosed(RuntimeError):
     """A request came after :meth:`DynamicBatcher.close`."""
 
@@ -50,7 +63,7 @@ class DynamicBatcher(Generic[Result]):
 
     Args:
         translate: Translates a list of sentences, one result per sentence, in order;
-            runs on the worker thread only.
+            runs on the worker only.
         count_tokens: A sentence's length in source tokens (for ``max_tokens``).
         max_wait: Seconds a batch waits for more requests after its first.
         max_tokens: Source tokens per batch at most (a larger request is a batch of
@@ -67,13 +80,14 @@ class DynamicBatcher(Generic[Result]):
         self._translate, self._count_tokens = translate, count_tokens
         self.max_wait, self.max_tokens = max_wait, max_tokens
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._thread = threading.Thread(target=self.work, name="batcher", daemon=True)
         self._closed = False
-        # (requests, sentences, source tokens) of each batch decoded, for tests
-        self.batches: list[tuple[int, int, int]] = []
+        self.totals = BatchTotals()
+        # (requests, sentences, source tokens) of the most recent batches decoded
+        self.batches: deque[tuple[int, int, int]] = deque(maxlen=1000)
 
     def start(self) -> None:
-        """Starts the worker thread."""
+        """Starts a worker thread of its own (or call :meth:`work` on one)."""
         self._thread.start()
 
     async def translate(self, texts: list[str]) -> list[Result]:
@@ -86,7 +100,7 @@ class DynamicBatcher(Generic[Result]):
         return await self._submit(texts=list(texts))
 
     async def run(self, call: Callable[[], Any]) -> Any:
-        """Runs ``call()`` on the worker thread, between batches (model work that
+        """Runs ``call()`` on the worker, between batches (model work that
         is not a translation, such as an alignment)."""
         return await self._submit(call=call)
 
@@ -99,13 +113,21 @@ class DynamicBatcher(Generic[Result]):
         return await job.future
 
     def close(self, timeout: float | None = None) -> None:
-        """Stops taking requests, decodes those queued, and ends the worker."""
-        self._closed = True
-        if self._thread.is_alive():
+        """Stops taking requests, decodes those queued, and ends the worker (its
+        own thread, or :meth:`work` on the thread that called it)."""
+        if not self._closed:
+            self._closed = True
             self._queue.put(_STOP)
+        if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _work(self) -> None:
+    def work(self) -> None:
+        """Decodes batches on the calling thread until :meth:`close`.
+
+        On a CPU, PyTorch's OpenMP threads serve the main thread best: beam search
+        at batch 32 ran 1.48x as fast there as on another thread here
+        (bench/README.md), so ``serve`` decodes on the main thread.
+        """
         waiting: Any = None  # a job taken from the queue that did not fit a batch
         while True:
             job = waiting if waiting is not None else self._queue.get()
@@ -134,7 +156,11 @@ class DynamicBatcher(Generic[Result]):
                     break
                 batch.append(following)
                 tokens += size
-            self.batches.append((len(batch), sum(len(j.texts) for j in batch), tokens))
+            sentences = sum(len(j.texts) for j in batch)
+            self.batches.append((len(batch), sentences, tokens))
+            self.totals.batches += 1
+            self.totals.requests += len(batch)
+            self.totals.sentences += sentences
             self._answer(batch, lambda batch=batch: self._decode(batch))
 
     def _tokens(self, job: _Job) -> int:

@@ -54,8 +54,13 @@ class TranslationService:
         return self.translator.nbest - 1
 
     def start(self) -> None:
-        """Starts the decoding worker."""
+        """Starts the decoding worker on a thread of its own."""
         self.batcher.start()
+
+    def work(self) -> None:
+        """Decodes on the calling thread until :meth:`close` (instead of
+        :meth:`start`)."""
+        self.batcher.work()
 
     def close(self) -> None:
         """Finishes the queued requests and stops the worker."""

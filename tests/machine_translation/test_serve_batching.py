@@ -4,6 +4,7 @@ what ``translate`` gives, and a shutdown finishes the requests in flight."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +60,9 @@ def test_concurrent_requests_are_batched_and_match_translate(
     with running_server(serve_translator, settings) as (url, service):
         served = translate_concurrently(url, sentences)
         batches = list(service.batcher.batches)
+        health = request(f"{url}/health")[1]
+    assert health["requests"] == health["sentences"] == len(sentences)
+    assert health["batches"] == len(batches)
     assert max(requests for requests, _, _ in batches) > 1  # gathered together
     assert sum(sentences for _, sentences, _ in batches) == len(sentences)
     # The library's Translator alone, one translation per sentence, as translate has.
@@ -149,6 +153,25 @@ def test_shutdown_finishes_the_requests_in_flight(serve_checkpoint, tmp_path):
     assert "Application shutdown complete" in said  # the batcher closed after them
 
 
+def test_a_port_in_use_ends_the_process_with_exit_code_1(serve_checkpoint):
+    """The model decodes on the main thread while HTTP runs on another: when HTTP
+    cannot start, the decoding must end too, not wait forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        options = ["--checkpoint", str(serve_checkpoint), "--device", "cpu"]
+        options += ["--port", str(taken.getsockname()[1])]
+        result = subprocess.run(
+            [sys.executable, "-m", "machine_translation.serve", *options],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+
+
 def test_a_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path):
     result = subprocess.run(
         [
@@ -165,3 +188,13 @@ def test_a_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"batch_wait_ms": -1}, {"max_batch_tokens": 0}, {"max_texts": 0}],
+)
+def test_impossible_batching_settings_are_named(setting):
+    (name,) = setting
+    with pytest.raises(ValueError, match=name):
+        ServeSettings(**setting)
