@@ -45,9 +45,10 @@ class _Job:
 _STOP = object()
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchTotals:
-    """What the worker has decoded since it started (for ``/health``)."""
+    """What the worker has decoded since it started (for ``/health``); replaced
+    whole after each batch, so another thread never reads half an update."""
 
     batches: int = 0
     requests: int = 0
@@ -158,9 +159,11 @@ class DynamicBatcher(Generic[Result]):
                 tokens += size
             sentences = sum(len(j.texts) for j in batch)
             self.batches.append((len(batch), sentences, tokens))
-            self.totals.batches += 1
-            self.totals.requests += len(batch)
-            self.totals.sentences += sentences
+            self.totals = BatchTotals(
+                self.totals.batches + 1,
+                self.totals.requests + len(batch),
+                self.totals.sentences + sentences,
+            )
             self._answer(batch, lambda batch=batch: self._decode(batch))
 
     def _tokens(self, job: _Job) -> int:
