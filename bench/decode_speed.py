@@ -42,7 +42,10 @@ with ``batch_decoder(model, precision, workers=N)`` (N threads), CTranslate2 wit
 such option and runs as without it.
 
 ``--compiled`` adds ours with the encoder and decoding steps compiled ahead of time
-(bf16, ``batch_decoder(..., compiled=True)``, which hands over to
+(in each of ``--compiled-precisions``, by default what ``--precision auto`` picks on
+this CPU: bf16 where it multiplies bf16 in hardware, fp32 elsewhere; ``int8`` for
+int8 linear layers, with torchao;
+``batch_decoder(..., compiled=True)``, which hands over to
 ``machine_translation.inference.fast``): one batch at a time on all threads, and
 with ``--workers N`` also on N worker processes of ``threads / N`` threads
 (``machine_translation.inference.fast.processes``: a compiled program holds
@@ -83,6 +86,7 @@ from machine_translation.inference.batch_translation import translate_token_ids
 from machine_translation.inference.decoding_setup import batch_decoder
 from machine_translation.inference.fast import keep_freed_memory
 from machine_translation.inference.fast.processes import DecodingProcesses
+from machine_translation.runtime.devices import resolve_precision
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all
 CT2_COMPUTE = {"ct2": "float32", "ct2-int8": "int8"}  # system → compute_type
@@ -217,17 +221,18 @@ def build_settings(args, model, tokenizer, workdir: Path) -> list[Setting]:
             settings.append(setting)
         if args.compiled:  # one process, then `workers` processes
             folder = workdir / "compiled"  # built by the first round
-            for (search, beam), batch, workers in (
-                (s, b, w)
+            for (search, beam), batch, workers, compiled in (
+                (s, b, w, p)
                 for s in searches
                 for b in (64, 1)
                 for w in sorted({1, args.workers})
+                for p in args.compiled_precisions
             ):
                 threads = max(1, args.threads // workers)
                 translate = ours(
-                    model, tokenizer, "bf16", beam, batch, workers, folder, threads
+                    model, tokenizer, compiled, beam, batch, workers, folder, threads
                 )
-                precision = "bf16 compiled" + (
+                precision = f"{compiled} compiled" + (
                     f", {workers} processes" if workers > 1 else ""
                 )
                 setting = Setting(
@@ -298,10 +303,21 @@ def main() -> None:
     parser.add_argument(
         "--compiled", action="store_true", help="ours with the compiled step too"
     )
+    parser.add_argument(
+        "--compiled-precisions",
+        nargs="+",
+        choices=["auto", "bf16", "fp32", "int8"],
+        default=["auto"],
+        help="the compiled programs' (auto: bf16 where native, else fp32)",
+    )
     parser.add_argument("--preload", help="a library every process preloads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one system, one round
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.compiled_precisions = [
+        p if p == "int8" else resolve_precision(p, torch.device("cpu"))
+        for p in args.compiled_precisions
+    ]
     if args.worker and args.keep_freed_memory and not keep_freed_memory():
         sys.exit("--keep-freed-memory: the C library is not glibc")
     # CTranslate2 computes on its own threads (intra_threads); PyTorch's pool beside
@@ -325,7 +341,10 @@ def main() -> None:
     if args.keep_freed_memory:
         print("every process keeps freed memory (glibc's mallopt)")
     if args.compiled:
-        print("ours also with the compiled programs (bf16)")
+        print(
+            "ours also with the compiled programs "
+            f"({', '.join(args.compiled_precisions)})"
+        )
     if args.workers > 1:
         print(f"ours and CTranslate2 decode {args.workers} batches at once")
     settings: dict[tuple, Setting] = {}
@@ -358,7 +377,7 @@ def run_worker(args, system: str, workdir: Path) -> list[dict]:
     if args.keep_freed_memory:
         command.append("--keep-freed-memory")
     if args.compiled:
-        command.append("--compiled")
+        command += ["--compiled", "--compiled-precisions", *args.compiled_precisions]
     environment = dict(os.environ)
     if args.preload:
         environment["LD_PRELOAD"] = args.preload

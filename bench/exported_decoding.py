@@ -70,7 +70,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as workdir:
         folder = Path(args.folder or workdir)
-        for program in programs([args.beam]):
+        for program in programs([args.beam], "bf16"):
             start = time.perf_counter()
             path = compiled_package(model, folder, "bf16", program)
             print(f"{program}: {path.stat().st_size / 2**20:.1f} MiB "

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
+        help="CPU: translate with programs compiled ahead of time (built once)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(

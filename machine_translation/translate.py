@@ -21,7 +21,7 @@ instead of searching for the most likely one. ``--workers 2`` decodes two batche
 at once, each on half the CPU threads: faster for greedy search over many sentences
 on a CPU (``bench/README.md``). ``--compiled`` encodes and decodes with programs
 compiled ahead of time (``machine_translation.inference.fast``; built once per model
-and beam size into ``compiled/`` beside the checkpoint, about a minute, with a C++
+and beam size into ``compiled/`` beside the checkpoint, a few minutes, with a C++
 compiler); with ``--workers`` its workers are processes, which take a few seconds
 to start.
 A missing or unreadable checkpoint is one line on standard error and exit code 2.
@@ -78,7 +78,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="CPU: translate with programs compiled ahead of time (built once, ~1 min)",
+        help="CPU: translate with programs compiled ahead of time (built once)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument(

@@ -43,11 +43,7 @@ def batch_decoder(
         ValueError: bad ``workers``, or ``compiled`` where it cannot run.
         CompileError: ``compiled`` and a program could not be compiled.
     """
-    if precision == "int8":
-        if compiled:
-            raise ValueError(
-                "--compiled builds bf16/fp32 programs: use it without precision int8"
-            )
+    if precision == "int8" and not compiled:
         return InProcess(Int8Seq2Seq(for_inference(model, "fp32")), workers)
     if not compiled:
         return InProcess(for_inference(model, precision), workers)

@@ -11,13 +11,16 @@ from helpers import run_translate
 
 from encoder_transformer.config import TransformerConfig
 from machine_translation.config.schema import DecodingConfig
+from machine_translation.evaluation.scoring import score
+from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference import fast
 from machine_translation.inference.batch_translation import search_batch
 from machine_translation.inference.beam_search import beam_search
 from machine_translation.inference.decoders import InProcess
 from machine_translation.inference.fast.compiled_model import CompiledModel
+from machine_translation.inference.fast.int8_programs import has_torchao
 from machine_translation.inference.fast.packages import compiled_package, package_path
-from machine_translation.inference.fast.programs import programs
+from machine_translation.inference.fast.programs import FEW_ROWS, programs
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import for_inference
@@ -37,7 +40,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def tiny_model_and_packages(tmp_path_factory):
     """A tiny random fp32 model (GQA) and its compiled programs for greedy search
-    and beam size 3 (~15 s each to compile)."""
+    and beam size 3, each step for many rows and for few (~15-30 s each to
+    compile)."""
     torch.manual_seed(0)
     config = TransformerConfig(
         vocab_size=37,
@@ -83,6 +87,9 @@ def eager_and_compiled(model, packages):
     encoder.run = counting(encoder.run, counts, "encoder")
     step.first_step = counting(step.first_step, counts, "first_step")
     step.steps = {g: counting(run, counts, g) for g, run in step.steps.items()}
+    step.few_rows_steps = {
+        g: counting(run, counts, ("few", g)) for g, run in step.few_rows_steps.items()
+    }
     return eager, compiled, counts
 
 
@@ -94,10 +101,10 @@ def random_sources(count=12, vocabulary=37, longest=14):
     return batch, batch != PAD
 
 
-def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
-    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
-    sources, mask = random_sources()
-    tokens = torch.randint(3, 37, (sources.size(0), 20))  # the caches grow at 16
+def step_both(eager, compiled, sources, mask, steps=20) -> list:
+    """Steps both models through the same random tokens (the caches grow at 16),
+    asserting equal logits; returns their caches."""
+    tokens = torch.randint(3, 37, (sources.size(0), steps))
     with torch.inference_mode():
         states = eager.encode(sources, mask)
         caches = [eager.new_cache(), compiled.new_cache()]
@@ -106,10 +113,35 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
             expected = eager.decode_step(step, states, mask, caches[0])
             actual = compiled.decode_step(step, states, mask, caches[1])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-        assert counts == {"encoder": 0, "first_step": 1, 1: 19, 3: 0}
-        pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
-        for ours, theirs in pairs:
-            torch.testing.assert_close(ours.read(), theirs.read())
+    return caches
+
+
+def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
+    caches = step_both(eager, compiled, *random_sources())
+    assert counts == {
+        "encoder": 0, "first_step": 1, 1: 19, 3: 0, ("few", 1): 0, ("few", 3): 0
+    }  # fmt: skip
+    pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours.read(), theirs.read())
+
+
+def test_few_rows_steps_give_the_eager_logits_and_search(tiny_model_and_packages):
+    """Up to FEW_ROWS rows a step runs the program built for few rows (its own
+    products, autotuned); its logits and searches are the eager ones too."""
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
+    sources, mask = random_sources(count=FEW_ROWS, longest=30)
+    step_both(eager, compiled, sources, mask)
+    assert counts[("few", 1)] == 19 and counts[1] == 0
+    settings = {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD, "beam_size": 3}
+    for row in range(FEW_ROWS):  # one sentence at a time: 3 rows
+        one, one_mask = sources[row : row + 1], mask[row : row + 1]
+        found = [
+            beam_search(model, one, one_mask, **settings) for model in (eager, compiled)
+        ]
+        assert [h.tokens for h in found[1][0]] == [h.tokens for h in found[0][0]]
+    assert counts[("few", 3)] > 0 and counts[3] == 0
 
 
 def test_compiled_encoder_gives_the_eager_states(tiny_model_and_packages):
@@ -179,7 +211,8 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     folder = package.parent
     assert package_path(model, folder, "fp32", "step_beams1") == package
     assert package_path(model, folder, "bf16", "step_beams1") != package
-    assert len(set(packages.values())) == len(programs([1, 3])) == 4
+    assert len(set(packages.values())) == len(programs([1, 3])) == 6
+    assert len(programs([1, 3], "int8")) == 4  # no few-rows steps in int8
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
@@ -214,3 +247,27 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     assert one.returncode == two.returncode == 0, two.stderr
     assert "compiling" not in two.stderr
     assert two.stdout == one.stdout and len(one.stdout.splitlines()) == 5
+
+
+@pytest.mark.skipif(not has_torchao(), reason="int8 programs need torchao")
+def test_int8_programs_multiply_in_int8_and_translate_close_to_fp32(
+    smoke_run, tmp_path
+):
+    """``--compiled --precision int8``: the packages hold oneDNN's int8 linear
+    layers, and the translations are close to fp32's (int8 rounds, so not equal:
+    the threshold is that of the eager int8 path, ``test_int8.MIN_BLEU``)."""
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(smoke_run / "checkpoints" / "best.pt", checkpoint)
+    lines = "\n".join(builtin_test_set("multi30k").sources[:24]) + "\n"
+    greedy = ["--checkpoint", str(checkpoint), "--beam", "1"]
+    fp32 = run_translate(*greedy, "--precision", "fp32", stdin=lines)
+    int8 = run_translate(*greedy, "--compiled", "--precision", "int8", stdin=lines)
+    assert fp32.returncode == int8.returncode == 0, int8.stderr
+    built = sorted((checkpoint.parent / "compiled").iterdir())
+    names = [path.name.split("_int8_")[0] for path in built]
+    assert names == sorted(programs([1], "int8"))
+    step = next(path for path in built if path.name.startswith("step_beams1"))
+    assert b"qlinear" in step.read_bytes()  # oneDNN's int8 linear, not fp32's
+    outputs = int8.stdout.splitlines()
+    assert len(outputs) == 24
+    assert score(outputs, [fp32.stdout.splitlines()]).bleu >= 80.0

@@ -20,6 +20,7 @@ from machine_translation.config.schema import DecodingConfig
 from machine_translation.evaluation.scoring import score
 from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference.decoding_setup import batch_decoder
+from machine_translation.inference.fast import packages
 from machine_translation.inference.int8 import Int8Seq2Seq, weight_bytes
 from machine_translation.inference.translator import Translator
 from machine_translation.runtime.devices import resolve_inference_precision
@@ -89,7 +90,11 @@ def test_int8_is_for_the_cpu_and_the_eager_path():
     assert "\n" not in str(error.value)
 
 
-def test_int8_and_compiled_do_not_go_together(checkpoint, tmp_path):
+def test_int8_programs_need_torchao(checkpoint, tmp_path, monkeypatch):
+    """Without torchao, --compiled --precision int8 is one line naming the extra."""
+    monkeypatch.setattr(packages, "has_torchao", lambda: False)
     model, _, _ = load_translation_model(checkpoint)
-    with pytest.raises(ValueError, match="int8"):
+    with pytest.raises(ValueError, match=r"torchao.*\[int8\]") as error:
         batch_decoder(model, "int8", compiled=True, directory=tmp_path)
+    assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())  # nothing compiled, nothing left behind

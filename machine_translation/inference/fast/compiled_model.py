@@ -16,8 +16,11 @@ from machine_translation.inference.fast.programs import (
     MOST_SOURCES,
     SMALLEST_CAPACITY,
     encoder_lengths,
+    few_rows_program,
+    few_sources,
     step_program,
 )
+from machine_translation.inference.int8 import Int8Seq2Seq
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import for_inference
 
@@ -56,13 +59,26 @@ class CompiledStep:
         steps: For each number of hypotheses per sentence (1 for greedy search,
             the beam size for beam search), the package of its :func:`step_program`.
         eager_step: The model's own ``decode_step``, for the steps no package takes.
+        few_rows_steps: The packages of :func:`few_rows_program`, by hypotheses
+            per sentence: they take the steps of at most :func:`few_sources`
+            sentences.
     """
 
-    def __init__(self, first_step: Path, steps: dict[int, Path], eager_step) -> None:
+    def __init__(
+        self,
+        first_step: Path,
+        steps: dict[int, Path],
+        eager_step,
+        few_rows_steps: dict[int, Path] | None = None,
+    ) -> None:
         self.first_step = torch._inductor.aoti_load_package(str(first_step))
         self.steps = {
             beams: torch._inductor.aoti_load_package(str(package))
             for beams, package in steps.items()
+        }
+        self.few_rows_steps = {
+            beams: torch._inductor.aoti_load_package(str(package))
+            for beams, package in (few_rows_steps or {}).items()
         }
         self.eager_step = eager_step
         self.no_positions = torch.empty(())  # expanded: a size without memory
@@ -120,6 +136,8 @@ class CompiledStep:
         sources = cache.cross_attention[0].batch
         beams, left = divmod(target_ids.size(0), sources)
         run = self.steps.get(beams)
+        if beams in self.few_rows_steps and sources <= few_sources(beams):
+            run = self.few_rows_steps[beams]
         if run is None or left or sources > MOST_SOURCES:
             return None
         own = [layer.storage(room=1) for layer in cache.self_attention]
@@ -159,8 +177,9 @@ class CompiledModel:
 
     Args:
         model: A model as loaded, on the CPU (converted in place to ``precision``
-            for the eager fallback, as by ``runtime.devices.for_inference``).
-        precision: ``bf16`` or ``fp32``.
+            for the eager fallback, as by ``runtime.devices.for_inference``; for
+            ``int8`` the fallback is an int8 model built from it).
+        precision: ``bf16``, ``fp32`` or ``int8``.
         directory: Where the packages are kept (compiled there first if missing).
         beam_sizes: The searches to compile a step for (1 = greedy).
 
@@ -180,13 +199,22 @@ class CompiledModel:
         packages = compiled_packages(model, directory, precision, beam_sizes)
         lengths = encoder_lengths(model, precision)
         self.model = for_inference(model, precision)
+        if precision == "int8":  # the sizes no program takes, in int8 too
+            self.model = Int8Seq2Seq(self.model)
         self.config = model.config
         self.encoder = CompiledEncoder(packages["encoder"], self.model.encode, lengths)
         steps = {g: packages[step_program(g)] for g in set(beam_sizes)}
-        self.step = CompiledStep(packages["first_step"], steps, self.model.decode_step)
+        few_rows_steps = {
+            g: packages[few_rows_program(g)]
+            for g in set(beam_sizes)
+            if few_rows_program(g) in packages
+        }
+        self.step = CompiledStep(
+            packages["first_step"], steps, self.model.decode_step, few_rows_steps
+        )
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        """The eager model's weights (their type is the programs' precision)."""
+        """The eager model's weights (their type is the programs' float type)."""
         return self.model.parameters()
 
     def encode(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:

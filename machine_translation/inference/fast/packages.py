@@ -6,6 +6,7 @@ import copy
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import torch
 
 import decoder_transformer
 import encoder_transformer
+from machine_translation.inference.fast.int8_programs import (
+    export_int8_program,
+    has_torchao,
+)
 from machine_translation.inference.fast.programs import (
     export_program,
     programs,
@@ -21,6 +26,10 @@ from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import precision_dtype
 
 logger = logging.getLogger(__name__)
+
+# The modules of this package that a compiled program's code (and how Inductor
+# compiles it) comes from.
+PROGRAM_SOURCES = ("programs", "int8_programs", "stand_in_cache", "packages")
 
 
 def package_path(
@@ -36,7 +45,11 @@ def package_path(
     """
     digest = hashlib.sha256(torch.__version__.encode())
     here = Path(__file__).parent
-    sources = [here / "programs.py", here / "stand_in_cache.py"]
+    sources = [
+        here / "programs.py",
+        here / "int8_programs.py",
+        here / "stand_in_cache.py",
+    ]
     for package in (encoder_transformer, decoder_transformer):
         sources += sorted(Path(package.__file__).parent.glob("*.py"))
     for source in sources:
@@ -51,8 +64,14 @@ def package_path(
 
 def check_supported(model: Seq2SeqTransformer, precision: str) -> None:
     """Raises ValueError for what a compiled step does not cover."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision={precision!r}: a compiled step is bf16 or fp32")
+    if precision not in ("bf16", "fp32", "int8"):
+        raise ValueError(
+            f"precision={precision!r}: a compiled step is bf16, fp32 or int8"
+        )
+    if precision == "int8" and not has_torchao():
+        raise ValueError(
+            "int8 compiled programs need torchao: pip install -e '.[int8]'"
+        )
     if model.config.attention != "standard":
         raise ValueError("a compiled step needs standard attention (not latent)")
 
@@ -65,9 +84,10 @@ def compile_program(
     Args:
         model: A translation model as loaded, not prepared for inference (left
             unchanged: a copy is compiled).
-        program: ``encoder``, ``first_step`` or a :func:`step_program`.
+        program: One of :func:`programs`.
         path: The ``.pt2`` file to write (its folder is created).
-        precision: ``bf16`` or ``fp32``, the weights' type in the package.
+        precision: ``bf16`` or ``fp32``, the weights' type in the package, or
+            ``int8``: fp32 with int8 linear layers (``int8_programs``).
 
     Returns:
         ``path``.
@@ -77,14 +97,34 @@ def compile_program(
     compiled = copy.deepcopy(model).to("cpu", dtype).eval().requires_grad_(False)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # Without gradients, inductor freezes the weights and prepacks the linear layers.
-    with torch.no_grad():
-        exported = export_program(compiled, program)
+    export = export_int8_program if precision == "int8" else export_program
+    with torch.no_grad(), warnings.catch_warnings():
+        # Inductor's own notes as it compiles (its int8 lowering and autotuning
+        # call APIs that PyTorch deprecates): nothing for a user to act on.
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        exported = export(compiled, program)
         torch._inductor.aoti_compile_and_package(
-            exported, package_path=str(path), inductor_configs={"freezing": True}
+            exported, package_path=str(path), inductor_configs=inductor_configs(program)
         )
     logger.info("compiled %s in %.0f s: %s", program, time.perf_counter() - start, path)
     return path
+
+
+def inductor_configs(program: str) -> dict:
+    """How Inductor compiles ``program``: without gradients it freezes the weights
+    and prepacks the linear layers; a few-rows step's products are its own C++
+    kernels (the CPP GEMM template), chosen by timing them as it compiles."""
+    configs = {"freezing": True}
+    if program.endswith("_few"):
+        configs |= {
+            "max_autotune": True,
+            "max_autotune_gemm_backends": "CPP,ATEN",
+            # (its tables and statistics, on stderr)
+            "autotune_num_choices_displayed": 0,
+            "max_autotune_report_choices_stats": False,
+        }
+    return configs
 
 
 class CompileError(RuntimeError):
@@ -102,7 +142,7 @@ def compiled_package(
     Args:
         model: A translation model as loaded.
         directory: Where packages are kept.
-        precision: ``bf16`` or ``fp32``.
+        precision: ``bf16``, ``fp32`` or ``int8``.
         program: One of :func:`programs`.
 
     Raises:
@@ -113,7 +153,7 @@ def compiled_package(
     path = package_path(model, directory, precision, program)
     if path.exists():
         return path
-    logger.warning("compiling %s once (about half a minute)", program)
+    logger.warning("compiling %s once (under a minute)", program)
     partial = path.with_suffix(".partial.pt2")
     try:
         compile_program(model, program, partial, precision)
@@ -141,7 +181,7 @@ def compiled_packages(
     Args:
         model: A translation model as loaded, on the CPU.
         directory: Where packages are kept.
-        precision: ``bf16`` or ``fp32``.
+        precision: ``bf16``, ``fp32`` or ``int8``.
         beam_sizes: The searches to compile a step for (1 = greedy).
 
     Returns:
@@ -157,5 +197,5 @@ def compiled_packages(
         raise ValueError(f"a compiled step runs on the CPU, not {device}")
     return {
         program: compiled_package(model, directory, precision, program)
-        for program in programs(beam_sizes)
+        for program in programs(beam_sizes, precision)
     }

@@ -30,7 +30,7 @@ def prepare(
 
     Args:
         model: A translation model as loaded, on the CPU.
-        precision: ``bf16`` or ``fp32``.
+        precision: ``bf16``, ``fp32`` or ``int8`` (int8 linear layers).
         directory: Where the compiled packages are kept.
         beam_sizes: The searches to prepare (1 = greedy).
         workers: Batches decoded at once.

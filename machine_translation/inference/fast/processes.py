@@ -70,7 +70,7 @@ class DecodingProcesses:
 
     Args:
         model: A translation model as loaded, on the CPU (each worker gets a copy).
-        precision: ``bf16`` or ``fp32``.
+        precision: ``bf16``, ``fp32`` or ``int8`` (int8 linear layers).
         directory: Where the compiled packages are.
         beam_sizes: The searches the workers run (1 = greedy).
         workers: Processes, each decoding one batch at a time.

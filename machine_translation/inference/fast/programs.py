@@ -8,7 +8,9 @@ small operations into a few C++ kernels, with the linear layers' weights
 prepacked), and a later process loads those packages (a few seconds, with the
 import of the compiler's runtime), as CTranslate2 converts a model once. Three
 programs make a search (:func:`programs`): the encoder, the first decoding step
-(which computes the source's keys and values) and the later steps. The load time
+(which computes the source's keys and values) and the later steps, built twice in
+bf16 and fp32: for many rows, and for few (:data:`FEW_ROWS`, e.g. one sentence at
+a time), whose products are kernels of their own. The load time
 makes it worth it for long inputs and long-lived processes, not for a few
 sentences; speeds are in ``bench/README.md``.
 
@@ -33,6 +35,7 @@ positions, ``d_h`` head width, ``v`` vocabulary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +54,14 @@ from machine_translation.model import Seq2SeqTransformer
 # Bounds the exported step is built for: the most sentences in a batch, and the
 # fewest positions a self-attention buffer may have (the exporter's own bound).
 MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3
+
+# A later step of at most this many rows (hypotheses) runs a program of its own
+# (:func:`few_rows_program`), whose matrix products are Inductor's C++ kernels,
+# generated and autotuned for few rows, instead of oneDNN's: for one row, a oneDNN
+# product's fixed cost is most of its time. Measured on this project's CPU
+# (``bench/few_rows_steps.py``, bf16, the step program alone, two threads, µs):
+# 1 row 186 against oneDNN's 477, 5 rows 400 against 553, 8 rows 959 against 579.
+FEW_ROWS = 5
 
 
 class Encoding(nn.Module):
@@ -149,22 +160,38 @@ def step_program(beams: int) -> str:
     return f"step_beams{beams}"
 
 
-def programs(beam_sizes: Sequence[int]) -> list[str]:
-    """The programs that translating with ``beam_sizes`` (1 = greedy) runs."""
-    return ["encoder", "first_step"] + [
-        step_program(g) for g in sorted(set(beam_sizes))
-    ]
+def few_sources(beams: int) -> int:
+    """The most sentences whose step, at ``beams`` hypotheses each, has few rows."""
+    return FEW_ROWS // beams
+
+
+def few_rows_program(beams: int) -> str:
+    """The name of the step's program for at most :func:`few_sources` sentences."""
+    return f"step_beams{beams}_few"
+
+
+def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
+    """The programs that translating with ``beam_sizes`` (1 = greedy) runs in
+    ``precision``: the few-rows steps are bf16 or fp32 (in int8, the steps of
+    any size are oneDNN's int8 products)."""
+    names = ["encoder", "first_step"]
+    for beams in sorted(set(beam_sizes)):
+        names.append(step_program(beams))
+        if precision != "int8" and few_sources(beams) > 0:
+            names.append(few_rows_program(beams))
+    return names
 
 
 def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int]:
     """The shortest and longest sources the compiled encoder takes.
 
     Within them the encoder's attention takes one way
-    (``encoder_transformer.attention``): in fp32, up to 16 queries are multiplied
-    out and more go to SDPA; in bf16, SDPA's kernel changes beyond 256 keys.
+    (``encoder_transformer.attention``): in fp32 (and int8, whose attention is
+    fp32), up to 16 queries are multiplied out and more go to SDPA; in bf16,
+    SDPA's kernel changes beyond 256 keys.
     Other lengths are encoded eagerly.
     """
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):  # int8: fp32 around the int8 products
         return DECODING_STEP_MAX_QUERIES + 1, model.config.max_positions
     return 1, min(model.config.max_positions, CPU_MATH_KERNEL_MAX_KEYS)
 
@@ -173,24 +200,40 @@ def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int
 SOURCES, TARGET_LENGTH, CAPACITY, SOURCE_LENGTH = 3, 5, 9, 7
 
 
+class ProgramInputs(NamedTuple):
+    """What ``torch.export`` needs to export a program: the module, example
+    inputs, and the dynamic dimensions of each input."""
+
+    module: nn.Module
+    example: tuple
+    dims: tuple
+
+
 def export_program(
     model: Seq2SeqTransformer, program: str
 ) -> torch.export.ExportedProgram:
     """``program`` (one of :func:`programs`) of ``model``, on the CPU in its
     precision, exported for every size that varies: sentences, source and target
     lengths, cache capacities (the hypotheses per sentence are the program's)."""
+    module, example, dims = program_inputs(model, program)
+    return torch.export.export(module, example, dynamic_shapes=dims)
+
+
+def program_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
+    """The module, example inputs and dynamic dimensions of ``program``."""
     if program == "encoder":
-        return export_encoder(model)
+        return encoder_inputs(model)
     if program == "first_step":
-        return export_first_step(model)
-    return export_later_step(model, int(program.removeprefix("step_beams")))
+        return first_step_inputs(model)
+    beams = program.removeprefix("step_beams").removesuffix("_few")
+    return later_step_inputs(model, int(beams), program.endswith("_few"))
 
 
-def sentences_dim() -> torch.export.Dim:
-    return torch.export.Dim("sources", min=1, max=MOST_SOURCES)
+def sentences_dim(most: int = MOST_SOURCES) -> torch.export.Dim:
+    return torch.export.Dim("sources", min=1, max=most)
 
 
-def export_encoder(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+def encoder_inputs(model: Seq2SeqTransformer) -> ProgramInputs:
     """:class:`Encoding` for the source lengths of :func:`encoder_lengths`."""
     dtype = next(model.parameters()).dtype
     shortest, longest = encoder_lengths(
@@ -201,12 +244,10 @@ def export_encoder(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
     source_mask = torch.ones(SOURCES, length, dtype=torch.bool)
     source = torch.export.Dim("source", min=shortest, max=longest)
     dims = {0: sentences_dim(), 1: source}
-    return torch.export.export(
-        Encoding(model), (source_ids, source_mask), dynamic_shapes=(dims, dims)
-    )
+    return ProgramInputs(Encoding(model), (source_ids, source_mask), (dims, dims))
 
 
-def export_first_step(model: Seq2SeqTransformer) -> torch.export.ExportedProgram:
+def first_step_inputs(model: Seq2SeqTransformer) -> ProgramInputs:
     """:class:`FirstStep`, one row per sentence."""
     config, dtype = model.config, next(model.parameters()).dtype
     example = (
@@ -217,42 +258,50 @@ def export_first_step(model: Seq2SeqTransformer) -> torch.export.ExportedProgram
     sentences = sentences_dim()
     source = torch.export.Dim("source", min=1, max=config.max_positions)
     dims = ({0: sentences}, {0: sentences, 1: source}, {0: sentences, 1: source})
-    return torch.export.export(FirstStep(model), example, dynamic_shapes=dims)
+    return ProgramInputs(FirstStep(model), example, dims)
 
 
-def export_later_step(
-    model: Seq2SeqTransformer, beams: int
-) -> torch.export.ExportedProgram:
-    """:class:`DecodingStep` for ``beams`` hypotheses per sentence."""
+def later_step_inputs(
+    model: Seq2SeqTransformer, beams: int, few: bool = False
+) -> ProgramInputs:
+    """:class:`DecodingStep` for ``beams`` hypotheses per sentence; ``few``: for
+    at most :func:`few_sources` sentences (one: a size, not a dimension)."""
+    most = few_sources(beams) if few else MOST_SOURCES
+    sources = min(SOURCES, most)
     config = model.config
     kv_heads = config.n_kv_heads or config.n_heads
     width = config.d_model // config.n_heads
     n = len(model.decoder.blocks)
     # Caches on a CPU are fp32 (``kv_cache.storage_dtype``).
-    own = (beams * SOURCES, kv_heads, CAPACITY, width)
-    cross = (SOURCES, kv_heads, SOURCE_LENGTH + 1, width)
+    own = (beams * sources, kv_heads, CAPACITY, width)
+    cross = (sources, kv_heads, SOURCE_LENGTH + 1, width)
     example = (
-        torch.randint(3, config.vocab_size, (beams * SOURCES, 1)),
-        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+        torch.randint(3, config.vocab_size, (beams * sources, 1)),
+        torch.ones(sources, SOURCE_LENGTH, dtype=torch.bool),
         torch.empty(()).expand(TARGET_LENGTH),
         tuple(
             [torch.randn(own) for _ in range(2 * n)]
             + [torch.randn(cross) for _ in range(2 * n)]
         ),
     )
-    sentences = sentences_dim()
-    rows = beams * sentences if beams > 1 else sentences
+    sentences = sentences_dim(most) if most > 1 else None
+    rows = beams * sentences if beams > 1 and sentences is not None else sentences
     longest = 4 * config.max_positions  # cache buffers grow by doubling
     source = torch.export.Dim("source", min=1, max=config.max_positions)
     target = torch.export.Dim("target", min=1, max=config.max_positions - 1)
     own_capacity = torch.export.Dim("capacity", min=SMALLEST_CAPACITY, max=longest)
     cross_capacity = torch.export.Dim("source_capacity", min=1, max=longest)
-    own_dims = {0: rows, 2: own_capacity}
-    cross_dims = {0: sentences, 2: cross_capacity}
+    own_dims = dynamic({0: rows, 2: own_capacity})
+    cross_dims = dynamic({0: sentences, 2: cross_capacity})
     dims = (
-        {0: rows},
-        {0: sentences, 1: source},
+        dynamic({0: rows}),
+        dynamic({0: sentences, 1: source}),
         {0: target},
         tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
     )
-    return torch.export.export(DecodingStep(model), example, dynamic_shapes=dims)
+    return ProgramInputs(DecodingStep(model), example, dims)
+
+
+def dynamic(dims: dict) -> dict:
+    """``dims`` without the axes of a fixed size (``None``)."""
+    return {axis: dim for axis, dim in dims.items() if dim is not None}
