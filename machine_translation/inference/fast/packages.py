@@ -39,17 +39,13 @@ def package_path(
 
     A package embeds the weights and the code it was compiled from, so its name
     holds the program (:func:`programs`), the precision and a fingerprint of the
-    weights, of the model's source code (the two lower packages and this module)
-    and of PyTorch's version: a retrained or averaged model, or changed code, gets
-    a package of its own.
+    weights, of the model's source code (the two lower packages and
+    :data:`PROGRAM_SOURCES`) and of PyTorch's version: a retrained or averaged
+    model, or changed code, gets a package of its own.
     """
     digest = hashlib.sha256(torch.__version__.encode())
     here = Path(__file__).parent
-    sources = [
-        here / "programs.py",
-        here / "int8_programs.py",
-        here / "stand_in_cache.py",
-    ]
+    sources = [here / f"{name}.py" for name in PROGRAM_SOURCES]
     for package in (encoder_transformer, decoder_transformer):
         sources += sorted(Path(package.__file__).parent.glob("*.py"))
     for source in sources:

@@ -28,8 +28,9 @@ size for beam search, whose beams of a sentence then share one row of source key
 and values, as in the eager decoder. Sizes a program was not built for (e.g. very
 long sources) run eagerly. Needs a C++ compiler to build; CPU only.
 
-Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
-positions, ``d_h`` head width, ``v`` vocabulary.
+One concept, the programs: their modules, names and export inputs (hence the
+length). Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions,
+``s_src`` source positions, ``d_h`` head width, ``v`` vocabulary.
 """
 
 from __future__ import annotations
