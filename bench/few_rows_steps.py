@@ -17,11 +17,9 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine_translation.checkpoints.loading import load_translation_model
-from machine_translation.config.schema import DecodingConfig
-from machine_translation.evaluation.test_sets import builtin_test_set
-from machine_translation.inference.batch_translation import translate_token_ids
+from bench.one_at_a_time import (
+    compare_one_at_a_time,
+    load_from_command_line,
+    microseconds,
+)
 from machine_translation.inference.decoding_setup import batch_decoder
-from machine_translation.inference.fast import keep_freed_memory
 from machine_translation.inference.fast.packages import inductor_configs
 from machine_translation.inference.fast.programs import export_program
 from machine_translation.runtime.devices import precision_dtype
@@ -66,17 +64,7 @@ def program_alone(model, precision: str, workdir: Path) -> None:
                 torch.empty(()).expand(8),
                 tuple(buffers),
             )
-            times = {}
-            for name, run in runs.items():
-                for _ in range(10):
-                    run(*inputs)
-                best = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    for _ in range(50):
-                        run(*inputs)
-                    best.append((time.perf_counter() - start) / 50)
-                times[name] = 1e6 * min(best)
+            times = {name: microseconds(run, *inputs) for name, run in runs.items()}
             print(f"| {threads} | {rows} | {times['oneDNN']:.0f} "
                   f"| {times['few-rows']:.0f} |")  # fmt: skip
 
@@ -89,49 +77,18 @@ def end_to_end(model, tokenizer, checkpoint, precision, sentences, rounds) -> No
         directory=checkpoint.parent / "compiled",
         beam_sizes=[1, 5],
     )
-    few_rows = dict(decoder.model.step.few_rows_steps)
-    source_ids = tokenizer.encode_batch(builtin_test_set("multi30k").sources)
-    source_ids = source_ids[:sentences]
-    print("\n| threads | search | oneDNN sentences/s | few-rows sentences/s | ratio "
-          "| same outputs |\n| ---: | --- | ---: | ---: | ---: | ---: |")  # fmt: skip
-    for threads in (2, 1):
-        torch.set_num_threads(threads)
-        for beam in (1, 5):
-            decoding = DecodingConfig(beam_size=beam, batch_size=1)
-            speeds: dict[str, list[float]] = {"oneDNN": [], "few-rows": []}
-            outputs = {}
-            for _ in range(rounds):
-                for name in speeds:
-                    decoder.model.step.few_rows_steps = (
-                        few_rows if name == "few-rows" else {}
-                    )
-                    start = time.perf_counter()
-                    found = translate_token_ids(
-                        decoder, tokenizer, source_ids, torch.device("cpu"),
-                        precision, decoding,
-                    )  # fmt: skip
-                    speeds[name].append(len(source_ids) / (time.perf_counter() - start))
-                    outputs[name] = [candidates[0].text for candidates in found]
-            median = {k: sorted(v)[len(v) // 2] for k, v in speeds.items()}
-            same = sum(a == b for a, b in zip(*outputs.values(), strict=True))
-            search = "greedy" if beam == 1 else f"beam {beam}"
-            print(f"| {threads} | {search} | {median['oneDNN']:.1f} "
-                  f"| {median['few-rows']:.1f} "
-                  f"| {median['few-rows'] / median['oneDNN']:.2f}× "
-                  f"| {same} of {len(source_ids)} |")  # fmt: skip
+    step = decoder.model.step
+    few_rows = dict(step.few_rows_steps)
+    arms = {
+        "oneDNN": lambda: setattr(step, "few_rows_steps", {}),
+        "few-rows": lambda: setattr(step, "few_rows_steps", few_rows),
+    }
+    compare_one_at_a_time(decoder, tokenizer, precision, arms, sentences, rounds)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    parser.add_argument("--sentences", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    keep_freed_memory()  # as the translation commands
+    args, model, tokenizer = load_from_command_line(__doc__, ["bf16", "fp32"])
     checkpoint = Path(args.checkpoint)
-    model, tokenizer, _ = load_translation_model(checkpoint, "cpu")
-    print(f"checkpoint: {checkpoint}; {args.precision}; torch {torch.__version__}\n")
     with tempfile.TemporaryDirectory() as workdir:
         program_alone(model, args.precision, Path(workdir))
     end_to_end(

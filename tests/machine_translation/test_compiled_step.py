@@ -20,7 +20,12 @@ from machine_translation.inference.decoders import InProcess
 from machine_translation.inference.fast.compiled_model import CompiledModel
 from machine_translation.inference.fast.int8_programs import has_torchao
 from machine_translation.inference.fast.packages import compiled_package, package_path
-from machine_translation.inference.fast.programs import FEW_ROWS, programs
+from machine_translation.inference.fast.programs import (
+    FEW_ROWS,
+    encoder_lengths,
+    encoder_programs,
+    programs,
+)
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import for_inference
@@ -84,7 +89,11 @@ def eager_and_compiled(model, packages):
     compiled = CompiledModel(copy.deepcopy(model), "fp32", folder, [1, 3])
     counts: dict = {}
     encoder, step = compiled.encoder, compiled.step
-    encoder.run = counting(encoder.run, counts, "encoder")
+    names = {encoder_lengths(model, "fp32", p): p for p in encoder_programs("fp32")}
+    encoder.runs = {
+        lengths: counting(run, counts, names[lengths])
+        for lengths, run in encoder.runs.items()
+    }
     step.first_step = counting(step.first_step, counts, "first_step")
     step.steps = {g: counting(run, counts, g) for g, run in step.steps.items()}
     step.few_rows_steps = {
@@ -120,7 +129,8 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
     eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     caches = step_both(eager, compiled, *random_sources())
     assert counts == {
-        "encoder": 0, "first_step": 1, 1: 19, 3: 0, ("few", 1): 0, ("few", 3): 0
+        "short_encoder": 0, "encoder": 0, "first_step": 1,
+        1: 19, 3: 0, ("few", 1): 0, ("few", 3): 0,
     }  # fmt: skip
     pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
     for ours, theirs in pairs:
@@ -147,12 +157,13 @@ def test_few_rows_steps_give_the_eager_logits_and_search(tiny_model_and_packages
 def test_compiled_encoder_gives_the_eager_states(tiny_model_and_packages):
     eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     with torch.inference_mode():
-        for longest, runs in ((30, 1), (14, 1)):  # fp32: 17 tokens and more
+        # fp32: up to 16 tokens the attention is written out, beyond it is SDPA's
+        for longest, program in ((30, "encoder"), (14, "short_encoder")):
             sources, mask = random_sources(longest=longest)
             expected = eager.encode(sources, mask)
             actual = compiled.encode(sources, mask)
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-            assert counts["encoder"] == runs  # shorter: eager
+            assert counts[program] == 1
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -211,8 +222,9 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     folder = package.parent
     assert package_path(model, folder, "fp32", "step_beams1") == package
     assert package_path(model, folder, "bf16", "step_beams1") != package
-    assert len(set(packages.values())) == len(programs([1, 3])) == 6
-    assert len(programs([1, 3], "int8")) == 4  # no few-rows steps in int8
+    assert len(set(packages.values())) == len(programs([1, 3])) == 7
+    assert len(programs([1, 3], "bf16")) == 6  # one encoder: no short one
+    assert len(programs([1, 3], "int8")) == 5  # no few-rows steps in int8
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
@@ -232,7 +244,8 @@ def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
     # One package per program, named <program>_<precision>_<fingerprint>.pt2.
     named = [re.fullmatch(r"(.+)_(bf16|fp32)_[0-9a-f]{16}\.pt2", n) for n in built]
     assert all(named), sorted(built)
-    assert sorted(match.group(1) for match in named) == sorted(programs([1]))
+    precision = named[0].group(2)  # auto: bf16 where the CPU multiplies it
+    assert sorted(match.group(1) for match in named) == sorted(programs([1], precision))
     again = run_translate(*arguments, "A dog runs.", "Two men sit on a bench.")
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr

@@ -16,6 +16,7 @@ from machine_translation.inference.fast.programs import (
     MOST_SOURCES,
     SMALLEST_CAPACITY,
     encoder_lengths,
+    encoder_programs,
     few_rows_program,
     few_sources,
     step_program,
@@ -26,29 +27,35 @@ from machine_translation.runtime.devices import for_inference
 
 
 class CompiledEncoder:
-    """``encode`` of a model, run by its compiled encoder where it can be.
+    """``encode`` of a model, run by its compiled encoders where they can be.
 
     Args:
-        package: The ``encoder`` package of this model.
+        packages: The encoder packages of this model (:func:`encoder_programs`),
+            by the shortest and longest sources each takes (:func:`encoder_lengths`).
         eager_encode: The model's own ``encode``, for other lengths.
-        lengths: The shortest and longest sources the package takes
-            (:func:`encoder_lengths`).
     """
 
-    def __init__(self, package: Path, eager_encode, lengths: tuple[int, int]) -> None:
-        self.run = torch._inductor.aoti_load_package(str(package))
-        self.eager_encode, self.lengths = eager_encode, lengths
+    def __init__(self, packages: dict[tuple[int, int], Path], eager_encode) -> None:
+        self.runs = {
+            lengths: torch._inductor.aoti_load_package(str(package))
+            for lengths, package in packages.items()
+        }
+        self.eager_encode = eager_encode
 
     def __call__(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
         """``(b, s_src)`` ids and mask → ``(b, s_src, d)`` encoder hidden states."""
         rows, length = source_ids.shape
-        shortest, longest = self.lengths
-        if not shortest <= length <= longest or rows > MOST_SOURCES:
+        runs = [
+            run
+            for (shortest, longest), run in self.runs.items()
+            if shortest <= length <= longest
+        ]
+        if not runs or rows > MOST_SOURCES:
             return self.eager_encode(source_ids, source_mask)
         if source_mask is None:
             source_mask = torch.ones(rows, length, dtype=torch.bool)
         # The package reads its inputs as contiguous tensors.
-        return self.run(source_ids.contiguous(), source_mask.contiguous())
+        return runs[0](source_ids.contiguous(), source_mask.contiguous())
 
 
 class CompiledStep:
@@ -197,12 +204,15 @@ class CompiledModel:
         beam_sizes: Sequence[int] = (1,),
     ) -> None:
         packages = compiled_packages(model, directory, precision, beam_sizes)
-        lengths = encoder_lengths(model, precision)
         self.model = for_inference(model, precision)
         if precision == "int8":  # the sizes no program takes, in int8 too
             self.model = Int8Seq2Seq(self.model)
         self.config = model.config
-        self.encoder = CompiledEncoder(packages["encoder"], self.model.encode, lengths)
+        encoders = {
+            encoder_lengths(model, precision, program): packages[program]
+            for program in encoder_programs(precision)
+        }
+        self.encoder = CompiledEncoder(encoders, self.model.encode)
         steps = {g: packages[step_program(g)] for g in set(beam_sizes)}
         few_rows_steps = {
             g: packages[few_rows_program(g)]

@@ -7,7 +7,8 @@ AOTInductor compiles a model's programs into shared libraries once (fusing the
 small operations into a few C++ kernels, with the linear layers' weights
 prepacked), and a later process loads those packages (a few seconds, with the
 import of the compiler's runtime), as CTranslate2 converts a model once. Three
-programs make a search (:func:`programs`): the encoder, the first decoding step
+programs make a search (:func:`programs`): the encoder (two in fp32: for short
+sources and for longer ones), the first decoding step
 (which computes the source's keys and values) and the later steps, built twice in
 bf16 and fp32: for many rows, and for few (:data:`FEW_ROWS`, e.g. one sentence at
 a time), whose products are kernels of their own. The load time
@@ -174,8 +175,9 @@ def few_rows_program(beams: int) -> str:
 def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
     """The programs that translating with ``beam_sizes`` (1 = greedy) runs in
     ``precision``: the few-rows steps are bf16 or fp32 (in int8, the steps of
-    any size are oneDNN's int8 products)."""
-    names = ["encoder", "first_step"]
+    any size are oneDNN's int8 products: Inductor's own int8 kernels for dynamically
+    quantized inputs abort the compiling process, torch 2.13, ``bench/README.md``)."""
+    names = [*encoder_programs(precision), "first_step"]
     for beams in sorted(set(beam_sizes)):
         names.append(step_program(beams))
         if precision != "int8" and few_sources(beams) > 0:
@@ -183,18 +185,32 @@ def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
     return names
 
 
-def encoder_lengths(model: Seq2SeqTransformer, precision: str) -> tuple[int, int]:
-    """The shortest and longest sources the compiled encoder takes.
+def encoder_programs(precision: str) -> list[str]:
+    """The encoder's programs in ``precision``: one in bf16; in fp32 (and int8,
+    whose attention is fp32) a second one for short sources, whose attention
+    takes the other way (:func:`encoder_lengths`)."""
+    return ["encoder"] if precision == "bf16" else ["short_encoder", "encoder"]
+
+
+def encoder_lengths(
+    model: Seq2SeqTransformer, precision: str, program: str = "encoder"
+) -> tuple[int, int]:
+    """The shortest and longest sources the encoder's ``program`` takes.
 
     Within them the encoder's attention takes one way
-    (``encoder_transformer.attention``): in fp32 (and int8, whose attention is
-    fp32), up to 16 queries are multiplied out and more go to SDPA; in bf16,
-    SDPA's kernel changes beyond 256 keys.
-    Other lengths are encoded eagerly.
+    (``encoder_transformer.scaled_dot_product``): in fp32 (and int8), up to 16
+    queries are multiplied out (``short_encoder``) and more go to SDPA
+    (``encoder``); in bf16, SDPA's kernel changes beyond 256 keys.
+    Other lengths are encoded eagerly, and so is a one-token source in fp32: with
+    shared key/value heads (GQA) the exporter cannot size the written-out
+    attention's result for a length that may be 1.
     """
-    if precision in ("fp32", "int8"):  # int8: fp32 around the int8 products
-        return DECODING_STEP_MAX_QUERIES + 1, model.config.max_positions
-    return 1, min(model.config.max_positions, CPU_MATH_KERNEL_MAX_KEYS)
+    longest = model.config.max_positions
+    if precision == "bf16":
+        return 1, min(longest, CPU_MATH_KERNEL_MAX_KEYS)
+    if program == "short_encoder":
+        return 2, min(longest, DECODING_STEP_MAX_QUERIES)
+    return DECODING_STEP_MAX_QUERIES + 1, longest
 
 
 # The example sizes an export traces with (any in the ranges below would do).
@@ -222,8 +238,8 @@ def export_program(
 
 def program_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
     """The module, example inputs and dynamic dimensions of ``program``."""
-    if program == "encoder":
-        return encoder_inputs(model)
+    if program in ("encoder", "short_encoder"):
+        return encoder_inputs(model, program)
     if program == "first_step":
         return first_step_inputs(model)
     beams = program.removeprefix("step_beams").removesuffix("_few")
@@ -234,16 +250,16 @@ def sentences_dim(most: int = MOST_SOURCES) -> torch.export.Dim:
     return torch.export.Dim("sources", min=1, max=most)
 
 
-def encoder_inputs(model: Seq2SeqTransformer) -> ProgramInputs:
+def encoder_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
     """:class:`Encoding` for the source lengths of :func:`encoder_lengths`."""
     dtype = next(model.parameters()).dtype
-    shortest, longest = encoder_lengths(
-        model, "fp32" if dtype == torch.float32 else "bf16"
-    )
+    precision = "fp32" if dtype == torch.float32 else "bf16"
+    shortest, longest = encoder_lengths(model, precision, program)
     length = min(shortest + 2, longest)
     source_ids = torch.randint(3, model.config.vocab_size, (SOURCES, length))
     source_mask = torch.ones(SOURCES, length, dtype=torch.bool)
-    source = torch.export.Dim("source", min=shortest, max=longest)
+    # (DYNAMIC: the exporter may check a size relation at run time, GQA's above)
+    source = torch.export.Dim.DYNAMIC(min=shortest, max=longest)
     dims = {0: sentences_dim(), 1: source}
     return ProgramInputs(Encoding(model), (source_ids, source_mask), (dims, dims))
 
