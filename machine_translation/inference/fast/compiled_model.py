@@ -45,17 +45,16 @@ class CompiledEncoder:
     def __call__(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
         """``(b, s_src)`` ids and mask → ``(b, s_src, d)`` encoder hidden states."""
         rows, length = source_ids.shape
-        runs = [
-            run
-            for (shortest, longest), run in self.runs.items()
-            if shortest <= length <= longest
-        ]
-        if not runs or rows > MOST_SOURCES:
+        run = next(
+            (run for (low, high), run in self.runs.items() if low <= length <= high),
+            None,
+        )
+        if run is None or rows > MOST_SOURCES:
             return self.eager_encode(source_ids, source_mask)
         if source_mask is None:
             source_mask = torch.ones(rows, length, dtype=torch.bool)
         # The package reads its inputs as contiguous tensors.
-        return runs[0](source_ids.contiguous(), source_mask.contiguous())
+        return run(source_ids.contiguous(), source_mask.contiguous())
 
 
 class CompiledStep:

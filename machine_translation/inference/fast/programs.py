@@ -258,7 +258,9 @@ def encoder_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
     length = min(shortest + 2, longest)
     source_ids = torch.randint(3, model.config.vocab_size, (SOURCES, length))
     source_mask = torch.ones(SOURCES, length, dtype=torch.bool)
-    # (DYNAMIC: the exporter may check a size relation at run time, GQA's above)
+    # DYNAMIC, not a named Dim: with GQA the written-out attention's reshape leaves
+    # a size relation the exporter cannot prove, and DYNAMIC lets it check that at
+    # run time (a named Dim fails the export).
     source = torch.export.Dim.DYNAMIC(min=shortest, max=longest)
     dims = {0: sentences_dim(), 1: source}
     return ProgramInputs(Encoding(model), (source_ids, source_mask), (dims, dims))
