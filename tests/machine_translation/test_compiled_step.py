@@ -28,7 +28,7 @@ from machine_translation.inference.fast.programs import (
 )
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime.devices import for_inference
+from machine_translation.runtime.devices import cpu_has_native_bf16, for_inference
 
 PAD, BOS, EOS = 0, 1, 2
 pytestmark = [
@@ -224,11 +224,47 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     assert package_path(model, folder, "bf16", "step_beams1") != package
     assert len(set(packages.values())) == len(programs([1, 3])) == 7
     assert len(programs([1, 3], "bf16")) == 6  # one encoder: no short one
-    assert len(programs([1, 3], "int8")) == 5  # no few-rows steps in int8
+    # In int8 the few-rows steps are weight-only int8 with bf16 inputs: built only
+    # where the CPU multiplies bf16 natively.
+    assert len(programs([1, 3], "int8")) == (7 if cpu_has_native_bf16() else 5)
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
     assert package_path(changed, folder, "fp32", "step_beams1") != package
+
+
+@pytest.mark.skipif(
+    not (has_torchao() and cpu_has_native_bf16()),
+    reason="the int8 few-rows step needs torchao and a CPU with native bf16",
+)
+def test_int8_few_rows_step_is_close_to_the_fp32_step(tiny_model_and_packages):
+    """The int8 few-rows step (int8 weights, bf16 inputs) gives the fp32 step's
+    logits and writes its keys and values, to int8's and bf16's rounding."""
+    model, packages = tiny_model_and_packages
+    folder = next(iter(packages.values())).parent
+    int8 = compiled_package(model, folder, "int8", "step_beams1_few")
+    runs = [
+        torch._inductor.aoti_load_package(str(p))
+        for p in (packages["step_beams1_few"], int8)
+    ]
+    torch.manual_seed(2)
+    rows, layers, heads, width = FEW_ROWS, 2, 2, 8
+    own = [torch.randn(rows, heads, 16, width) for _ in range(2 * layers)]
+    cross = [torch.randn(rows, heads, 13, width) for _ in range(2 * layers)]
+    tokens = torch.randint(3, 37, (rows, 1))
+    mask = torch.rand(rows, 13) < 0.8
+    mask[:, 0] = True  # every sentence has a token
+    buffers = [[b.clone() for b in own + cross] for _ in runs]
+    logits = [
+        run(tokens, mask, torch.empty(()).expand(9), tuple(b))
+        for run, b in zip(runs, buffers, strict=True)
+    ]
+    assert logits[1].dtype == torch.bfloat16  # its inputs are bf16, not quantized
+    torch.testing.assert_close(logits[1].float(), logits[0], rtol=0, atol=0.05)
+    assert (logits[1].argmax(-1) == logits[0].argmax(-1)).all()
+    for written, expected in zip(buffers[1], buffers[0], strict=True):
+        torch.testing.assert_close(written, expected, rtol=0, atol=0.05)
+    assert not torch.equal(buffers[1][0], own[0])  # position 9 was written
 
 
 def test_translate_compiled_builds_once_then_reuses(smoke_run, tmp_path):
@@ -267,8 +303,10 @@ def test_int8_programs_multiply_in_int8_and_translate_close_to_fp32(
     smoke_run, tmp_path
 ):
     """``--compiled --precision int8``: the packages hold oneDNN's int8 linear
-    layers, and the translations are close to fp32's (int8 rounds, so not equal:
-    the threshold is that of the eager int8 path, ``test_int8.MIN_BLEU``)."""
+    layers (and, where bf16 is native, the few-rows step weight-only int8
+    products), and the translations are close to fp32's, in batches and one
+    sentence at a time (int8 rounds, so not equal: the threshold is that of the
+    eager int8 path, ``test_int8.MIN_BLEU``)."""
     checkpoint = tmp_path / "best.pt"
     shutil.copy(smoke_run / "checkpoints" / "best.pt", checkpoint)
     lines = "\n".join(builtin_test_set("multi30k").sources[:24]) + "\n"
@@ -276,11 +314,16 @@ def test_int8_programs_multiply_in_int8_and_translate_close_to_fp32(
     fp32 = run_translate(*greedy, "--precision", "fp32", stdin=lines)
     int8 = run_translate(*greedy, "--compiled", "--precision", "int8", stdin=lines)
     assert fp32.returncode == int8.returncode == 0, int8.stderr
-    built = sorted((checkpoint.parent / "compiled").iterdir())
-    names = [path.name.split("_int8_")[0] for path in built]
-    assert names == sorted(programs([1], "int8"))
-    step = next(path for path in built if path.name.startswith("step_beams1"))
-    assert b"qlinear" in step.read_bytes()  # oneDNN's int8 linear, not fp32's
-    outputs = int8.stdout.splitlines()
-    assert len(outputs) == 24
-    assert score(outputs, [fp32.stdout.splitlines()]).bleu >= 80.0
+    built = {
+        p.name.split("_int8_")[0]: p for p in (checkpoint.parent / "compiled").iterdir()
+    }
+    assert sorted(built) == sorted(programs([1], "int8"))
+    assert b"qlinear" in built["step_beams1"].read_bytes()  # oneDNN's int8 linear
+    one_at_a_time = run_translate(
+        *greedy, "--compiled", "--precision", "int8", "--batch-size", "1", stdin=lines
+    )
+    assert one_at_a_time.returncode == 0, one_at_a_time.stderr
+    assert "compiling" not in one_at_a_time.stderr
+    for outputs in (int8.stdout.splitlines(), one_at_a_time.stdout.splitlines()):
+        assert len(outputs) == 24
+        assert score(outputs, [fp32.stdout.splitlines()]).bleu >= 80.0

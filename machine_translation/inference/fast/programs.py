@@ -9,9 +9,9 @@ prepacked), and a later process loads those packages (a few seconds, with the
 import of the compiler's runtime), as CTranslate2 converts a model once. Three
 programs make a search (:func:`programs`): the encoder (two in fp32: for short
 sources and for longer ones), the first decoding step
-(which computes the source's keys and values) and the later steps, built twice in
-bf16 and fp32: for many rows, and for few (:data:`FEW_ROWS`, e.g. one sentence at
-a time), whose products are kernels of their own. The load time
+(which computes the source's keys and values) and the later steps, built twice:
+for many rows, and for few (:data:`FEW_ROWS`, e.g. one sentence at a time), whose
+products are kernels of their own (in int8: int8 weights, bf16 inputs). The load time
 makes it worth it for long inputs and long-lived processes, not for a few
 sentences; speeds are in ``bench/README.md``.
 
@@ -52,6 +52,7 @@ from machine_translation.inference.fast.stand_in_cache import (
     NewKeyValues,
 )
 from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.devices import cpu_has_native_bf16
 
 # Bounds the exported step is built for: the most sentences in a batch, and the
 # fewest positions a self-attention buffer may have (the exporter's own bound).
@@ -128,13 +129,18 @@ class DecodingStep(nn.Module):
       ``(b, h, capacity, d_h)``, with room after position ``s``, then its
       cross-attention keys, then values ``(b_src, h, capacity_src, d_h)``.
 
-    Returns the logits ``(b, v)``.
+    Returns the logits ``(b, v)``, from the decoder's tied LM head, or from
+    ``head`` if given (a module ``(b, d)`` → ``(b, v)``: an int8 copy of the tied
+    matrix, ``int8_programs``).
     """
 
-    def __init__(self, model: Seq2SeqTransformer) -> None:
+    def __init__(
+        self, model: Seq2SeqTransformer, head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.decoder = model.decoder
         self.layers = len(model.decoder.blocks)
+        self.head = head
 
     def forward(
         self,
@@ -151,10 +157,11 @@ class DecodingStep(nn.Module):
         ]
         # The encoder states are read only while the cross-attention cache is empty,
         # which it never is here: the source keys stand in for them.
-        logits = self.decoder.step(
-            tokens, GivenCache(own, source), buffers[2 * n], source_mask
+        hidden_states = self.decoder.final_hidden_states(
+            tokens, None, buffers[2 * n], source_mask, GivenCache(own, source)
         )
-        return logits[:, -1]
+        head = self.decoder.lm_head if self.head is None else self.head
+        return head(hidden_states[:, -1])
 
 
 def step_program(beams: int) -> str:
@@ -174,13 +181,14 @@ def few_rows_program(beams: int) -> str:
 
 def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
     """The programs that translating with ``beam_sizes`` (1 = greedy) runs in
-    ``precision``: the few-rows steps are bf16 or fp32 (in int8, the steps of
-    any size are oneDNN's int8 products: Inductor's own int8 kernels for dynamically
-    quantized inputs abort the compiling process, torch 2.13, ``bench/README.md``)."""
+    ``precision``. In int8 the few-rows steps are weight-only (int8 weights, bf16
+    inputs: ``int8_programs``), built only where the CPU multiplies bf16 natively;
+    elsewhere int8 steps of any size are oneDNN's int8 products."""
+    few_rows = precision != "int8" or cpu_has_native_bf16()
     names = [*encoder_programs(precision), "first_step"]
     for beams in sorted(set(beam_sizes)):
         names.append(step_program(beams))
-        if precision != "int8" and few_sources(beams) > 0:
+        if few_rows and few_sources(beams) > 0:
             names.append(few_rows_program(beams))
     return names
 
