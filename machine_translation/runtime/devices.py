@@ -50,6 +50,12 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_avx2() -> bool:
+    """Whether this CPU has AVX2 or AVX-512, the x86 vector instructions that
+    Inductor's own C++ matrix kernels (and PyTorch's weight-only int8 product) use."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` → ``bf16``, ``fp16`` or ``fp32`` for ``device``; checks the others.
 

@@ -28,7 +28,7 @@ from machine_translation.inference.fast.programs import (
 )
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime.devices import cpu_has_native_bf16, for_inference
+from machine_translation.runtime.devices import cpu_has_avx2, for_inference
 
 PAD, BOS, EOS = 0, 1, 2
 pytestmark = [
@@ -224,9 +224,9 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     assert package_path(model, folder, "bf16", "step_beams1") != package
     assert len(set(packages.values())) == len(programs([1, 3])) == 7
     assert len(programs([1, 3], "bf16")) == 6  # one encoder: no short one
-    # In int8 the few-rows steps are weight-only int8 with bf16 inputs: built only
-    # where the CPU multiplies bf16 natively.
-    assert len(programs([1, 3], "int8")) == (7 if cpu_has_native_bf16() else 5)
+    # In int8 the few-rows steps are weight-only int8 with bf16 inputs: built where
+    # Inductor has vector kernels for them (AVX2 or AVX-512).
+    assert len(programs([1, 3], "int8")) == (7 if cpu_has_avx2() else 5)
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.decoder.blocks[0].feedforward_norm.weight[0] += 1e-3
@@ -234,8 +234,8 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
 
 
 @pytest.mark.skipif(
-    not (has_torchao() and cpu_has_native_bf16()),
-    reason="the int8 few-rows step needs torchao and a CPU with native bf16",
+    not (has_torchao() and cpu_has_avx2()),
+    reason="the int8 few-rows step needs torchao and a CPU with AVX2 or AVX-512",
 )
 def test_int8_few_rows_step_is_close_to_the_fp32_step(tiny_model_and_packages):
     """The int8 few-rows step (int8 weights, bf16 inputs) gives the fp32 step's

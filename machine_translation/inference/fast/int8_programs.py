@@ -29,7 +29,8 @@ row, the LM head an int8 copy of the tied matrix) and the inputs stay bf16,
 unquantized: each linear layer becomes PyTorch's weight-only int8 product
 (:class:`WeightOnlyInt8Linear`; torchao's own ``Int8WeightOnlyConfig`` layers
 were compiled back to bf16 weights by Inductor's constant folding, torch 2.13).
-Built where the CPU multiplies bf16 natively (``programs.programs``).
+Built on x86 CPUs with AVX2 or AVX-512 (``programs.programs``): the products
+compute in fp32, so bf16 need not be native.
 Needs torchao (``pip install -e '.[int8]'``).
 """
 

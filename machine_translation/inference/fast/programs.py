@@ -52,7 +52,7 @@ from machine_translation.inference.fast.stand_in_cache import (
     NewKeyValues,
 )
 from machine_translation.model import Seq2SeqTransformer
-from machine_translation.runtime.devices import cpu_has_native_bf16
+from machine_translation.runtime.devices import cpu_has_avx2
 
 # Bounds the exported step is built for: the most sentences in a batch, and the
 # fewest positions a self-attention buffer may have (the exporter's own bound).
@@ -182,9 +182,10 @@ def few_rows_program(beams: int) -> str:
 def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
     """The programs that translating with ``beam_sizes`` (1 = greedy) runs in
     ``precision``. In int8 the few-rows steps are weight-only (int8 weights, bf16
-    inputs: ``int8_programs``), built only where the CPU multiplies bf16 natively;
+    inputs: ``int8_programs``), built where Inductor has vector kernels for them
+    (x86 with AVX2 or AVX-512; bf16 need not be native: they compute in fp32);
     elsewhere int8 steps of any size are oneDNN's int8 products."""
-    few_rows = precision != "int8" or cpu_has_native_bf16()
+    few_rows = precision != "int8" or cpu_has_avx2()
     names = [*encoder_programs(precision), "first_step"]
     for beams in sorted(set(beam_sizes)):
         names.append(step_program(beams))
