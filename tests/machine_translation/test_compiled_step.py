@@ -303,8 +303,8 @@ def test_int8_programs_multiply_in_int8_and_translate_close_to_fp32(
     smoke_run, tmp_path
 ):
     """``--compiled --precision int8``: the packages hold oneDNN's int8 linear
-    layers (and, where bf16 is native, the few-rows step weight-only int8
-    products), and the translations are close to fp32's, in batches and one
+    layers (and, on CPUs with AVX2 or AVX-512, the few-rows step weight-only
+    int8 products), and the translations are close to fp32's, in batches and one
     sentence at a time (int8 rounds, so not equal: the threshold is that of the
     eager int8 path, ``test_int8.MIN_BLEU``)."""
     checkpoint = tmp_path / "best.pt"
