@@ -117,7 +117,9 @@ class KeyValueCache:
         """
         if self._keys is None:
             raise RuntimeError("the cache is empty: call update() first")
-        keys, values = self._keys[: self._batch], self._values[: self._batch]
+        keys, values = self._keys, self._values
+        if self._batch < keys.size(0):  # (slicing costs two operations a call)
+            keys, values = keys[: self._batch], values[: self._batch]
         if self._length + room > keys.size(2):
             self._allocate(keys, values, 2 * (self._length + room))
             keys, values = self._keys, self._values

@@ -106,6 +106,7 @@ def greedy_search(
     generated = torch.full((batch, max(steps, 1)), pad_id, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     rows = torch.arange(batch, device=device)  # the sentence of each row decoding
+    nearest_limit = int(limits.min()) if batch else 0  # of the rows still decoding
     next_tokens = torch.full((batch, 1), bos_id, device=device)
     for step in range(steps):
         logits = model.decode_step(
@@ -122,8 +123,11 @@ def greedy_search(
             in_prefix = step < prefix_lengths[rows]
             chosen = torch.where(in_prefix, tokens[rows, step], chosen)
         generated[rows, step] = chosen
-        # The last allowed position holds EOS: the sentence ends there too.
-        ended = (chosen == eos_id) | (limits[rows] <= step + 1)
+        ended = chosen == eos_id
+        # The last allowed position holds EOS: the sentence ends there too (the
+        # limits are compared only from the nearest one on: fewer tensor operations).
+        if step + 1 >= nearest_limit:
+            ended |= limits[rows] <= step + 1
         if ended.any():
             lengths[rows[ended]] = step
             compaction = Compaction.keeping(~ended)
@@ -134,6 +138,7 @@ def greedy_search(
             if source_mask is not None:
                 source_mask = source_mask.index_select(0, compaction.order)
             rows, chosen = rows[compaction.order], chosen[compaction.order]
+            nearest_limit = int(limits[rows].min())
         next_tokens = chosen.unsqueeze(1)
     return [
         generated[row, :length].tolist() for row, length in enumerate(lengths.tolist())

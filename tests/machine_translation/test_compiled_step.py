@@ -95,6 +95,9 @@ def eager_and_compiled(model, packages):
         for lengths, run in encoder.runs.items()
     }
     step.first_step = counting(step.first_step, counts, "first_step")
+    step.one_sentence_first_step = counting(
+        step.one_sentence_first_step, counts, "first_step_few"
+    )
     step.steps = {g: counting(run, counts, g) for g, run in step.steps.items()}
     step.few_rows_steps = {
         g: counting(run, counts, ("few", g)) for g, run in step.few_rows_steps.items()
@@ -129,7 +132,7 @@ def test_compiled_step_gives_the_eager_logits(tiny_model_and_packages):
     eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
     caches = step_both(eager, compiled, *random_sources())
     assert counts == {
-        "short_encoder": 0, "encoder": 0, "first_step": 1,
+        "short_encoder": 0, "encoder": 0, "first_step": 1, "first_step_few": 0,
         1: 19, 3: 0, ("few", 1): 0, ("few", 3): 0,
     }  # fmt: skip
     pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
@@ -152,6 +155,8 @@ def test_few_rows_steps_give_the_eager_logits_and_search(tiny_model_and_packages
         ]
         assert [h.tokens for h in found[1][0]] == [h.tokens for h in found[0][0]]
     assert counts[("few", 3)] > 0 and counts[3] == 0
+    # (and the first step of one sentence, its own program too)
+    assert counts["first_step_few"] == FEW_ROWS and counts["first_step"] == 1
 
 
 def test_compiled_encoder_gives_the_eager_states(tiny_model_and_packages):
@@ -222,8 +227,8 @@ def test_a_package_belongs_to_its_weights_and_program(tiny_model_and_packages):
     folder = package.parent
     assert package_path(model, folder, "fp32", "step_beams1") == package
     assert package_path(model, folder, "bf16", "step_beams1") != package
-    assert len(set(packages.values())) == len(programs([1, 3])) == 7
-    assert len(programs([1, 3], "bf16")) == 6  # one encoder: no short one
+    assert len(set(packages.values())) == len(programs([1, 3])) == 8
+    assert len(programs([1, 3], "bf16")) == 7  # one encoder: no short one
     # In int8 the few-rows steps are weight-only int8 with bf16 inputs: built where
     # Inductor has vector kernels for them (AVX2 or AVX-512).
     assert len(programs([1, 3], "int8")) == (7 if cpu_has_avx2() else 5)

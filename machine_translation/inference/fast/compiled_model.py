@@ -14,6 +14,7 @@ from machine_translation.inference.fast.packages import (
 )
 from machine_translation.inference.fast.programs import (
     MOST_SOURCES,
+    ONE_SENTENCE_FIRST_STEP,
     SMALLEST_CAPACITY,
     encoder_lengths,
     encoder_programs,
@@ -26,6 +27,26 @@ from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import for_inference
 
 
+class Program:
+    """A compiled package, called with its inputs as flat tensors: the export's
+    inputs in order, any tuple of them spread out; returns the outputs as a list.
+
+    What ``torch._inductor.aoti_load_package`` returns takes the export's nested
+    inputs and, at every call, reads the program's call spec back, flattens the
+    inputs and unflattens the outputs (``torch.utils._pytree``): Python work once
+    per generated token: a one-row step's call measured 203-265 µs through it
+    against 117-127 through the loader itself (bf16, one thread, 2026-12-07,
+    ``bench/sentence_time.py``). The loader runs the flat list as it is.
+    """
+
+    def __init__(self, package: Path) -> None:
+        self.loader = torch._inductor.aoti_load_package(str(package)).loader
+
+    def __call__(self, *inputs: Tensor) -> list[Tensor]:
+        """The program's outputs for ``inputs`` (each contiguous, as exported)."""
+        return self.loader.run(inputs)
+
+
 class CompiledEncoder:
     """``encode`` of a model, run by its compiled encoders where they can be.
 
@@ -36,10 +57,7 @@ class CompiledEncoder:
     """
 
     def __init__(self, packages: dict[tuple[int, int], Path], eager_encode) -> None:
-        self.runs = {
-            lengths: torch._inductor.aoti_load_package(str(package))
-            for lengths, package in packages.items()
-        }
+        self.runs = {lengths: Program(package) for lengths, package in packages.items()}
         self.eager_encode = eager_encode
 
     def __call__(self, source_ids: Tensor, source_mask: Tensor | None = None) -> Tensor:
@@ -54,7 +72,7 @@ class CompiledEncoder:
         if source_mask is None:
             source_mask = torch.ones(rows, length, dtype=torch.bool)
         # The package reads its inputs as contiguous tensors.
-        return run(source_ids.contiguous(), source_mask.contiguous())
+        return run(source_ids.contiguous(), source_mask.contiguous())[0]
 
 
 class CompiledStep:
@@ -68,6 +86,8 @@ class CompiledStep:
         few_rows_steps: The packages of :func:`few_rows_program`, by hypotheses
             per sentence: they take the steps of at most :func:`few_sources`
             sentences.
+        one_sentence_first_step: The package of the first step built for one
+            sentence (:data:`ONE_SENTENCE_FIRST_STEP`), if there is one.
     """
 
     def __init__(
@@ -76,15 +96,15 @@ class CompiledStep:
         steps: dict[int, Path],
         eager_step,
         few_rows_steps: dict[int, Path] | None = None,
+        one_sentence_first_step: Path | None = None,
     ) -> None:
-        self.first_step = torch._inductor.aoti_load_package(str(first_step))
-        self.steps = {
-            beams: torch._inductor.aoti_load_package(str(package))
-            for beams, package in steps.items()
-        }
+        self.first_step = Program(first_step)
+        self.one_sentence_first_step = (
+            Program(one_sentence_first_step) if one_sentence_first_step else None
+        )
+        self.steps = {beams: Program(package) for beams, package in steps.items()}
         self.few_rows_steps = {
-            beams: torch._inductor.aoti_load_package(str(package))
-            for beams, package in (few_rows_steps or {}).items()
+            beams: Program(package) for beams, package in (few_rows_steps or {}).items()
         }
         self.eager_step = eager_step
         self.no_positions = torch.empty(())  # expanded: a size without memory
@@ -122,8 +142,11 @@ class CompiledStep:
             return None
         if source_mask is None:
             source_mask = torch.ones(rows, source_length, dtype=torch.bool)
+        run = self.first_step
+        if rows == 1 and self.one_sentence_first_step is not None:
+            run = self.one_sentence_first_step
         # The package reads its inputs as contiguous tensors.
-        logits, *appended = self.first_step(
+        logits, *appended = run(
             target_ids.contiguous(),
             encoder_hidden_states.contiguous(),
             source_mask.contiguous(),
@@ -160,11 +183,11 @@ class CompiledStep:
             + [keys for keys, _ in source]
             + [values for _, values in source]
         )
-        logits = run(
+        (logits,) = run(
             target_ids.contiguous(),
             source_mask.contiguous(),
             self.no_positions.expand(cache.length),
-            tuple(buffers),
+            *buffers,
         )
         for layer in cache.self_attention:
             layer.advance(1)
@@ -219,7 +242,11 @@ class CompiledModel:
             if few_rows_program(g) in packages
         }
         self.step = CompiledStep(
-            packages["first_step"], steps, self.model.decode_step, few_rows_steps
+            packages["first_step"],
+            steps,
+            self.model.decode_step,
+            few_rows_steps,
+            packages.get(ONE_SENTENCE_FIRST_STEP),
         )
 
     def parameters(self) -> Iterator[nn.Parameter]:

@@ -11,9 +11,10 @@ programs make a search (:func:`programs`): the encoder (two in fp32: for short
 sources and for longer ones), the first decoding step
 (which computes the source's keys and values) and the later steps, built twice:
 for many rows, and for few (:data:`FEW_ROWS`, e.g. one sentence at a time), whose
-products are kernels of their own (in int8: int8 weights, bf16 inputs). The load time
-makes it worth it for long inputs and long-lived processes, not for a few
-sentences; speeds are in ``bench/README.md``.
+products are kernels of their own (in int8: int8 weights, bf16 inputs); in bf16
+and fp32 the first step is built a second time for one sentence, the same way.
+The load time makes it worth it for long inputs and long-lived processes, not for
+a few sentences; speeds are in ``bench/README.md``.
 
 Each program is exported as a function of explicit tensors. A later step takes the
 new tokens, the source mask and every layer's cache buffers, returns the logits,
@@ -65,6 +66,14 @@ MOST_SOURCES, SMALLEST_CAPACITY = 4096, 3
 # (``bench/few_rows_steps.py``, bf16, the step program alone, two threads, µs):
 # 1 row 186 against oneDNN's 477, 5 rows 400 against 553, 8 rows 959 against 579.
 FEW_ROWS = 5
+
+# The first step of one sentence (one row, and the source's few tokens through the
+# cross-attention's key and value products) runs a program of its own built the
+# same way (:data:`ONE_SENTENCE_FIRST_STEP`). Measured (bf16, the tiny Multi30K
+# model, a Zen 4 EPYC, one thread): alone, sources of 6-20 tokens, 159-265 µs
+# against oneDNN's 666-750; in the toolkit 0.3 ms a sentence against 1.3-1.5
+# (``bench/sentence_time.py``).
+ONE_SENTENCE_FIRST_STEP = "first_step_few"
 
 
 class Encoding(nn.Module):
@@ -187,6 +196,8 @@ def programs(beam_sizes: Sequence[int], precision: str = "fp32") -> list[str]:
     elsewhere int8 steps of any size are oneDNN's int8 products."""
     few_rows = precision != "int8" or cpu_has_avx2()
     names = [*encoder_programs(precision), "first_step"]
+    if precision != "int8":  # (int8 few-rows programs are later steps only)
+        names.append(ONE_SENTENCE_FIRST_STEP)
     for beams in sorted(set(beam_sizes)):
         names.append(step_program(beams))
         if few_rows and few_sources(beams) > 0:
@@ -249,8 +260,8 @@ def program_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
     """The module, example inputs and dynamic dimensions of ``program``."""
     if program in ("encoder", "short_encoder"):
         return encoder_inputs(model, program)
-    if program == "first_step":
-        return first_step_inputs(model)
+    if program in ("first_step", ONE_SENTENCE_FIRST_STEP):
+        return first_step_inputs(model, one_sentence=program != "first_step")
     beams = program.removeprefix("step_beams").removesuffix("_few")
     return later_step_inputs(model, int(beams), program.endswith("_few"))
 
@@ -275,17 +286,25 @@ def encoder_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
     return ProgramInputs(Encoding(model), (source_ids, source_mask), (dims, dims))
 
 
-def first_step_inputs(model: Seq2SeqTransformer) -> ProgramInputs:
-    """:class:`FirstStep`, one row per sentence."""
+def first_step_inputs(
+    model: Seq2SeqTransformer, one_sentence: bool = False
+) -> ProgramInputs:
+    """:class:`FirstStep`, one row per sentence; ``one_sentence``: for one only
+    (a size, not a dimension)."""
     config, dtype = model.config, next(model.parameters()).dtype
+    sources = 1 if one_sentence else SOURCES
     example = (
-        torch.randint(3, config.vocab_size, (SOURCES, 1)),
-        torch.randn(SOURCES, SOURCE_LENGTH, config.d_model).to(dtype),
-        torch.ones(SOURCES, SOURCE_LENGTH, dtype=torch.bool),
+        torch.randint(3, config.vocab_size, (sources, 1)),
+        torch.randn(sources, SOURCE_LENGTH, config.d_model).to(dtype),
+        torch.ones(sources, SOURCE_LENGTH, dtype=torch.bool),
     )
-    sentences = sentences_dim()
+    sentences = None if one_sentence else sentences_dim()
     source = torch.export.Dim("source", min=1, max=config.max_positions)
-    dims = ({0: sentences}, {0: sentences, 1: source}, {0: sentences, 1: source})
+    dims = (
+        dynamic({0: sentences}),
+        dynamic({0: sentences, 1: source}),
+        dynamic({0: sentences, 1: source}),
+    )
     return ProgramInputs(FirstStep(model), example, dims)
 
 
