@@ -32,7 +32,7 @@ at about half of its own; its process therefore keeps PyTorch to one thread.
 Each decoding step allocates and frees megabytes of scores, and glibc hands large
 blocks back to the kernel, which must then fault the pages in again. Two options
 change that in every system's process alike: ``--keep-freed-memory`` makes glibc
-keep them (``machine_translation.inference.fast.allocator``, what the translation
+keep them (``machine_translation.runtime.allocator``, what the translation
 commands do), ``--preload`` loads a shared library (``LD_PRELOAD``), e.g. a faster
 allocator than glibc's (tcmalloc, from Debian's ``libtcmalloc-minimal4``).
 
@@ -84,8 +84,8 @@ from machine_translation.evaluation.scoring import score
 from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference.batch_translation import translate_token_ids
 from machine_translation.inference.decoding_setup import batch_decoder
-from machine_translation.inference.fast import keep_freed_memory
 from machine_translation.inference.fast.processes import DecodingProcesses
+from machine_translation.runtime.allocator import keep_freed_memory
 from machine_translation.runtime.devices import resolve_precision
 
 MAX_LENGTH_A, MAX_LENGTH_B = 1.5, 10  # our output length limit, given to all

@@ -44,9 +44,9 @@ from machine_translation.config.schema import DecodingConfig
 from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference.batch_translation import translate_token_ids
 from machine_translation.inference.decoding_setup import batch_decoder
-from machine_translation.inference.fast import keep_freed_memory
 from machine_translation.inference.fast.packages import compiled_package
 from machine_translation.inference.fast.programs import programs
+from machine_translation.runtime.allocator import keep_freed_memory
 
 
 def main() -> None:

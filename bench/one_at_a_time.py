@@ -20,7 +20,7 @@ from machine_translation.checkpoints.loading import load_translation_model
 from machine_translation.config.schema import DecodingConfig
 from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference.batch_translation import translate_token_ids
-from machine_translation.inference.fast import keep_freed_memory
+from machine_translation.runtime.allocator import keep_freed_memory
 
 
 def load_from_command_line(doc: str, precisions: list[str]):

@@ -28,6 +28,7 @@ from machine_translation.data.corpus import DataError
 from machine_translation.evaluation.scoring import evaluate
 from machine_translation.evaluation.test_sets import builtin_test_set, file_test_set
 from machine_translation.inference import fast
+from machine_translation.runtime.allocator import keep_freed_memory
 from machine_translation.runtime.devices import (
     resolve_device,
     resolve_inference_precision,
@@ -136,5 +137,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

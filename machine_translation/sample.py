@@ -24,9 +24,9 @@ from machine_translation.checkpoints.files import CheckpointError
 from machine_translation.checkpoints.loading import load_language_model
 from machine_translation.checkpoints.runs import find_checkpoint
 from machine_translation.data.char_tokenizer import CharTokenizer
-from machine_translation.inference import fast
 from machine_translation.inference.generation import generate
 from machine_translation.inference.sampling import Sampling
+from machine_translation.runtime.allocator import keep_freed_memory
 from machine_translation.runtime.devices import resolve_device, resolve_precision
 
 
@@ -112,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

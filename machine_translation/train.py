@@ -24,6 +24,7 @@ try:  # Ctrl+C while torch and the rest load (a few seconds) is one line too
     from machine_translation.checkpoints.files import CheckpointError
     from machine_translation.config.compose import register_configs, to_train_config
     from machine_translation.data.corpus import DataError
+    from machine_translation.runtime.allocator import keep_freed_memory
     from machine_translation.training.distributed import shutdown_distributed
     from machine_translation.training.recipes import train
     from machine_translation.training.state import NonFiniteLossError
@@ -50,4 +51,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command that trains and exits: reuse freed blocks
     main()

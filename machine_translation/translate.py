@@ -44,6 +44,7 @@ from machine_translation.inference.batch_translation import Translation
 from machine_translation.inference.line_input import line_groups
 from machine_translation.inference.sampling import Sampling
 from machine_translation.inference.translator import Translator
+from machine_translation.runtime.allocator import keep_freed_memory
 from machine_translation.runtime.devices import resolve_device, share_cpu_threads
 
 
@@ -210,5 +211,5 @@ def translate_input(translator: Translator, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    fast.keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
+    keep_freed_memory()  # a command that decodes and exits: reuse freed blocks
     sys.exit(main())

@@ -14,7 +14,7 @@ from machine_translation.config.compose import PROJECT_ROOT
 # its threshold by itself); count the page faults of each step.
 SCRIPT = """
 import resource, sys, torch
-from machine_translation.inference.fast.allocator import keep_freed_memory
+from machine_translation.runtime.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 logits = torch.randn(320, 32000, dtype=torch.bfloat16)
@@ -51,6 +51,6 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 def test_reports_false_where_it_cannot_tune(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
-    from machine_translation.inference.fast.allocator import keep_freed_memory
+    from machine_translation.runtime.allocator import keep_freed_memory
 
     assert keep_freed_memory() is False

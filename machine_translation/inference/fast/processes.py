@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from machine_translation.inference.fast.allocator import keep_freed_memory
 from machine_translation.inference.fast.compiled_model import CompiledModel
 from machine_translation.inference.fast.packages import compiled_packages
 from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.allocator import keep_freed_memory
 
 # In a worker process: its own model with compiled programs (set by start_worker).
 worker_model: CompiledModel | None = None
