@@ -11,9 +11,24 @@ def test_drop_rate_and_expectation(p):
     # Binomial standard deviation at 1M draws is ~5e-4: 5e-3 cannot fail by chance.
     assert abs(dropped - p) < 5e-3
     assert abs(outputs.mean().item() - 1) < 5e-3  # inverted dropout keeps the mean
-    scale = MASK_LEVELS / round((1 - p) * MASK_LEVELS)  # within 2^-24 of 1/(1-p)
+    scale = MASK_LEVELS / round((1 - p) * MASK_LEVELS)  # within 2^-16 of 1/(1-p)
     survivors = outputs[outputs != 0]
     torch.testing.assert_close(survivors, torch.full_like(survivors, scale))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_every_word_of_a_draw_drops_at_the_rate(p):
+    # Four elements share one 64-bit draw; the top word has a random bit fewer.
+    outputs = dropout(torch.ones(4_000_000), p).view(-1, 4)
+    dropped = (outputs == 0).float().mean(dim=0)
+    torch.testing.assert_close(dropped, torch.full((4,), p), atol=5e-3, rtol=0)
+
+
+def test_probabilities_beyond_the_mask_resolution():
+    inputs = torch.randn(10_000)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(inputs, 1e-6), inputs)  # keeps all, scales by 1
+    assert torch.equal(dropout(inputs, 1 - 1e-6), torch.zeros_like(inputs))
 
 
 def test_gradient_is_the_mask():
