@@ -116,3 +116,39 @@ def test_attention_with_weights_equals_attend(n_kv_heads, is_causal, grad):
     assert (weights[1, :, :, 3:] == 0).all() and (weights[2, :, :, 1:] == 0).all()
     if is_causal:
         assert (weights[0].triu(1) == 0).all()
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["MHA", "GQA"])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["padding", "causal"])
+def test_bf16_cpu_dropout_path_equals_sdpa_without_dropout(n_kv_heads, is_causal):
+    # Below the mask's resolution (2^-16) dropout keeps every weight, scaled by 1:
+    # the written-out path must then give SDPA's math kernel's result, bit for bit,
+    # and the same gradients (under autocast too, as in training).
+    torch.manual_seed(0)
+    inputs = [
+        heads(3, HEADS, 6).bfloat16().requires_grad_(),
+        heads(3, n_kv_heads, 6).bfloat16().requires_grad_(),
+        heads(3, n_kv_heads, 6).bfloat16().requires_grad_(),
+    ]
+    key_mask = padding_mask([6, 4, 1], 6)
+    results = []
+    for dropout in (0.0, 1e-9):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attended = attend(*inputs, key_mask, is_causal, dropout)
+        gradients = torch.autograd.grad(attended.float().square().sum(), inputs)
+        results.append((attended, *gradients))
+    for sdpa, written_out in zip(*results, strict=True):
+        assert torch.equal(sdpa, written_out)
+
+
+def test_bf16_cpu_attention_dropout_drops_weights_at_the_rate():
+    # With the values an identity matrix, the output is the (dropped) weights.
+    torch.manual_seed(0)
+    p, length = 0.3, 16
+    queries, keys = heads(64, HEADS, length).bfloat16(), heads(64, HEADS, length)
+    values = torch.eye(length).expand(64, HEADS, length, length).bfloat16()
+    weights = attend(queries, keys.bfloat16(), values, dropout=p).float()
+    dropped = (weights == 0).float().mean().item()
+    assert abs(dropped - p) < 0.01  # 1M weights: the standard deviation is 5e-4
+    # Inverted dropout: each row of surviving weights sums to 1 on average.
+    assert abs(weights.sum(-1).mean().item() - 1) < 0.01
