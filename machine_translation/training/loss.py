@@ -46,12 +46,11 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         block = logits.new_empty(min(rows, CHUNK_ROWS), vocabulary, dtype=compute_dtype)
         for start in range(0, rows, CHUNK_ROWS):
             end = min(start + CHUNK_ROWS, rows)
-            chunk, exps = logits[start:end], block[: end - start]
+            exps = block[: end - start].copy_(logits[start:end])
             labels_here, weight = safe_labels[start:end], weights[start:end]
             # Shifted by the row maximum m, so that exp cannot overflow; m cancels in
             # the loss: lse - (1 - ε)·z_y - ε·mean(z) with lse = m + log Σ exp(z - m).
-            maximum = chunk.amax(dim=-1, keepdim=True).to(compute_dtype)
-            shifted = torch.sub(chunk, maximum, out=exps)
+            shifted = exps.sub_(exps.amax(dim=-1, keepdim=True))
             loss = -(1 - epsilon) * shifted.gather(1, labels_here)
             if epsilon:
                 loss -= epsilon * shifted.mean(dim=-1, keepdim=True)
@@ -61,7 +60,7 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
                 # softmax - (1 - ε)·onehot(y) - ε/V, times 0 on PAD rows
                 exps.mul_(weight / total)
                 exps.scatter_add_(1, labels_here, -(1 - epsilon) * weight)
-                torch.sub(exps, epsilon / vocabulary * weight, out=gradient[start:end])
+                gradient[start:end] = exps.sub_(epsilon / vocabulary * weight)
         ctx.save_for_backward(gradient)
         ctx.scaled = False
         return (per_token * real).sum()
