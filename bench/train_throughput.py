@@ -1,12 +1,17 @@
 """Training throughput of the default model against Hugging Face's MarianMT.
 
     python bench/train_throughput.py [--model small] [--steps 10] [--rounds 3]
+    python bench/train_throughput.py --experiment multi30k --no-marian
 
 Real batches: the shipped training data (Multi30K + Tatoeba), the joint 8k BPE and
 ~4k-token batches, through the real training step (``Trainer._optimizer_step``: fused
-label-smoothed loss, AdamW, clipping). When ``transformers`` is installed, a MarianMT
-of the same size (``marian_reference.py``) trains on the same batches in the same
-process as a transformers user would. Every system and precision (fp32, bf16 autocast)
+label-smoothed loss, AdamW, clipping); with ``--experiment``, that experiment's
+corpora, BPE size, batch size, model and optimizer (``conf/experiment/<name>.yaml``).
+As the train command, the process keeps freed memory for reuse
+(``runtime/allocator.py``); ``--glibc-defaults`` leaves glibc's settings, for A/B
+runs. When ``transformers`` is installed, a MarianMT of the same size
+(``marian_reference.py``) trains on the same batches in the same process as a
+transformers user would. Every system and precision (fp32, bf16 autocast)
 has its own model and optimizer; they take turns, a round of ``--steps`` steps each,
 so that all see the same machine load; the figures are medians over the rounds and the
 ratios medians of per-round ratios.
@@ -16,7 +21,8 @@ process that trains one system in one precision only (on a CPU the peak resident
 size while training, the corpus in memory included but not the BPE training before
 it; on CUDA the allocator's peak); model FLOPs utilisation (MFU): the model's training
 FLOPs per second over this machine's bf16 matrix-product peak, measured at the start
-of the same run.
+of the same run; minor page faults a step (fresh pages the kernel maps in: what
+keeping freed memory saves).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,13 +43,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hydra import compose, initialize_config_dir
 from marian_reference import MarianTrainer, build_marian, transformers_available
 
-from machine_translation.config.compose import load_model_config
+from machine_translation.config.compose import (
+    CONFIG_DIR,
+    build_model_config,
+    load_model_config,
+    register_configs,
+    to_train_config,
+)
 from machine_translation.config.schema import OptimConfig, ScheduleConfig, TrainerConfig
 from machine_translation.data.bpe_tokenizer import BPETokenizer
 from machine_translation.data.corpus import CorpusSpec
 from machine_translation.model import Seq2SeqTransformer
+from machine_translation.runtime.allocator import keep_freed_memory
 from machine_translation.runtime.devices import resolve_device
 from machine_translation.training.recipes import load_corpora
 from machine_translation.training.trainer import Trainer
@@ -96,21 +112,57 @@ def training_flops(config, source_lengths, target_lengths) -> float:
     return 3 * 2 * forward
 
 
-def prepare(model_name: str, device: torch.device):
-    corpus = load_corpora(TRAIN, 9.0)
-    tokenizer = BPETokenizer.train(corpus.sources + corpus.targets, 8000)
+@dataclass
+class Recipe:
+    """What is trained: corpora, BPE size, batch size in tokens, model, optimizer."""
+
+    corpora: list[CorpusSpec] = field(default_factory=lambda: TRAIN)
+    vocab_size: int = 8000
+    max_tokens: int = 4096
+    max_length_ratio: float = 9.0
+    model: str | dict = "small"  # a conf/model name, or an experiment's model node
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def model_config(self, vocab_size: int):
+        if isinstance(self.model, str):
+            return load_model_config(self.model, vocab_size=vocab_size)
+        return build_model_config(self.model, vocab_size=vocab_size)
+
+
+def load_recipe(model_name: str, experiment: str | None) -> Recipe:
+    """The default data with ``conf/model/<model_name>``, or a whole experiment's."""
+    if experiment is None:
+        return Recipe(model=model_name)
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose("train", overrides=[f"+experiment={experiment}"])
+    config = to_train_config(cfg)
+    return Recipe(
+        corpora=config.data.train,
+        vocab_size=config.data.vocab_size,
+        max_tokens=config.data.max_tokens,
+        max_length_ratio=config.data.max_length_ratio,
+        model=config.model,
+        optim=config.optim,
+    )
+
+
+def prepare(recipe: Recipe):
+    corpus = load_corpora(recipe.corpora, recipe.max_length_ratio)
+    tokenizer = BPETokenizer.train(corpus.sources + corpus.targets, recipe.vocab_size)
     encoded, _ = encode_corpus(corpus, tokenizer, 128, 128)
-    config = load_model_config(model_name, vocab_size=tokenizer.vocab_size)
-    return tokenizer, encoded, config
+    return tokenizer, encoded, recipe.model_config(tokenizer.vocab_size)
 
 
-def build_trainer(tokenizer, encoded, config, device, precision, run_dir):
+def build_trainer(tokenizer, encoded, config, device, precision, run_dir, recipe):
     torch.manual_seed(0)
     model = Seq2SeqTransformer(config)
-    task = TranslationTask(model, tokenizer, encoded, encoded, 4096, seed=1)
+    task = TranslationTask(
+        model, tokenizer, encoded, encoded, recipe.max_tokens, seed=1
+    )
     trainer = Trainer(
         task,
-        OptimConfig(),
+        recipe.optim,
         ScheduleConfig(),
         TrainerConfig(progress=False),
         run_dir,
@@ -120,14 +172,20 @@ def build_trainer(tokenizer, encoded, config, device, precision, run_dir):
     return trainer, task
 
 
-def build_systems(tokenizer, encoded, config, device, names, precisions):
+def build_systems(tokenizer, encoded, config, device, names, precisions, recipe):
     """``{(system, precision): step function}``, each with its own model and AdamW."""
     steps = {}
     for name in names:
         for precision in precisions:
             if name == "ours":
                 trainer, _ = build_trainer(
-                    tokenizer, encoded, config, device, precision, Path("/tmp/bench")
+                    tokenizer,
+                    encoded,
+                    config,
+                    device,
+                    precision,
+                    Path("/tmp/bench"),
+                    recipe,
                 )
                 steps[name, precision] = lambda batch, t=trainer: t._optimizer_step(
                     [batch]
@@ -135,23 +193,25 @@ def build_systems(tokenizer, encoded, config, device, names, precisions):
             else:
                 torch.manual_seed(0)
                 model = build_marian(config, tokenizer.bos_id, tokenizer.eos_id)
-                trainer = MarianTrainer(model, device, precision, OptimConfig())
+                trainer = MarianTrainer(model, device, precision, recipe.optim)
                 steps[name, precision] = trainer.step
     return steps
 
 
-def fixed_batches(tokenizer, encoded, count: int) -> list:
+def fixed_batches(tokenizer, encoded, count: int, max_tokens: int) -> list:
     """The first ``count`` training batches of the default sampler (seed 1)."""
-    task = TranslationTask(None, tokenizer, encoded, encoded, 4096, seed=1)
+    task = TranslationTask(None, tokenizer, encoded, encoded, max_tokens, seed=1)
     return list(itertools.islice(task.batches(), count))
 
 
-def peak_memory_child(model_name: str, system: str, precision: str, steps: int):
+def peak_memory_child(recipe: Recipe, system: str, precision: str, steps: int):
     """Trains ``steps`` steps of one system in one precision; prints peak MiB."""
     device = resolve_device("auto")
-    tokenizer, encoded, config = prepare(model_name, device)
-    batches = fixed_batches(tokenizer, encoded, steps)
-    step = build_systems(tokenizer, encoded, config, device, [system], [precision])
+    tokenizer, encoded, config = prepare(recipe)
+    batches = fixed_batches(tokenizer, encoded, steps, recipe.max_tokens)
+    step = build_systems(
+        tokenizer, encoded, config, device, [system], [precision], recipe
+    )
     # Data preparation (BPE training) peaks higher than training: reset the peak
     # so that only training counts.
     reset_peak_memory(device)
@@ -179,9 +239,9 @@ def peak_memory_mib(device: torch.device) -> float:
     )
 
 
-def measure_peak_memory(model_name: str, system: str, precision: str) -> float:
+def measure_peak_memory(arguments: list[str], system: str, precision: str) -> float:
     """Peak memory of a fresh process that trains only this system and precision."""
-    command = [sys.executable, __file__, "--model", model_name]
+    command = [sys.executable, __file__, *arguments]
     child = subprocess.run(
         [*command, "--memory-child", f"{system}:{precision}"],
         capture_output=True,
@@ -199,11 +259,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-marian", action="store_true", help="ours only")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
+    parser.add_argument(
+        "--experiment", help="train as +experiment=NAME does (overrides --model)"
+    )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's allocator settings (the train command keeps freed memory)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.glibc_defaults:
+        keep_freed_memory()
+    recipe = load_recipe(args.model, args.experiment)
     if args.memory_child:
         system, precision = args.memory_child.split(":")
-        peak_memory_child(args.model, system, precision, 6)
+        peak_memory_child(recipe, system, precision, 6)
         return
 
     names = ["ours"]
@@ -217,9 +288,9 @@ def main() -> None:
     device = resolve_device("auto")
     peak_bf16 = matmul_peak(device, torch.bfloat16)
     peak_fp32 = matmul_peak(device, torch.float32)
-    tokenizer, encoded, config = prepare(args.model, device)
-    steps = build_systems(tokenizer, encoded, config, device, names, precisions)
-    batches = fixed_batches(tokenizer, encoded, args.steps + 2)
+    tokenizer, encoded, config = prepare(recipe)
+    steps = build_systems(tokenizer, encoded, config, device, names, precisions, recipe)
+    batches = fixed_batches(tokenizer, encoded, args.steps + 2, recipe.max_tokens)
     timed = batches[2:]
     tokens = sum(b.source_tokens + b.target_tokens for b in timed)
     flops = sum(
@@ -229,6 +300,7 @@ def main() -> None:
         for b in timed
     )
     seconds = {key: [] for key in steps}
+    faults = {key: [] for key in steps}  # minor page faults a step (fresh pages)
     order = list(steps)
     for round_index in range(args.rounds):
         # Systems take turns on the same batches, so that all see the same machine
@@ -237,25 +309,35 @@ def main() -> None:
             for batch in batches[:2]:  # warm-up
                 steps[key](batch)
             _synchronize(device)
+            faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             for batch in timed:
                 steps[key](batch)
             _synchronize(device)
             seconds[key].append(time.perf_counter() - start)
+            faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted
+            faults[key].append(faulted / len(timed))
     memory = {}
     if not args.no_memory:
-        memory = {key: measure_peak_memory(args.model, *key) for key in steps}
+        arguments = ["--model", args.model]
+        arguments += ["--experiment", args.experiment] if args.experiment else []
+        arguments += ["--glibc-defaults"] if args.glibc_defaults else []
+        memory = {key: measure_peak_memory(arguments, *key) for key in steps}
     report(device, args, config, peak_bf16, peak_fp32, tokens, flops, seconds, memory)
+    for key, counts in faults.items():
+        print(f"{' '.join(key)}: {statistics.median(counts):,.0f} page faults a step")
 
 
 def report(device, args, config, peak_bf16, peak_fp32, tokens, flops, seconds, memory):
     """Prints medians over rounds: tokens/s, TFLOP/s, MFU, memory, ratios."""
+    allocator = "glibc's defaults" if args.glibc_defaults else "freed memory kept"
     print(
-        f"device: {device}, threads: {torch.get_num_threads()}, model: {args.model} "
+        f"device: {device}, threads: {torch.get_num_threads()}, "
+        f"model: {args.experiment or args.model} "
         f"({config.d_model}d, {config.n_heads} heads, FFN {config.d_ff}, "
         f"{config.encoder_layers}+{config.decoder_layers} layers, "
         f"vocab {config.vocab_size}); {args.rounds} rounds of {args.steps} steps, "
-        f"{tokens:,} source+target tokens per round"
+        f"{tokens:,} source+target tokens per round; allocator: {allocator}"
     )
     print(
         f"matmul peak: bf16 {peak_bf16 / 1e12:.2f} TFLOP/s, "
