@@ -17,7 +17,7 @@ greedy search, whose blocks are five times smaller, and batch 1 showed no change
 beyond this machine's noise (``bench/README.md``). A training step does the same with
 its logits and their gradient (24 MB each for the tiny Multi30K model's 2,048-token
 batches): with glibc's defaults such a step faulted in 6,000 to 12,000 fresh pages,
-with the blocks kept about 600 (a Zen 4 EPYC, 2026-12-07). The price is that the
+with the blocks kept 229 to 600 (a Zen 4 EPYC, 2026-12-07). The price is that the
 process keeps its peak memory until it exits, which suits a command that trains or
 decodes and exits: the commands call :func:`keep_freed_memory` at start-up; the
 library never does it by itself.
