@@ -14,6 +14,10 @@ a CPU (:func:`attend_with_cpu_dropout`). :func:`attend_with_weights` writes the
 softmax out and returns the attention weights too, for showing what a model attends
 to.
 
+One concept, past 300 lines: every function here is a way :func:`attend` computes
+the same formula (or, for :func:`attend_with_weights`, returns its weights too), and
+the tests hold each path equal to the others; split, a reader would lose that.
+
 Shapes: ``b`` batch, ``s_q`` query length, ``s_kv`` key length, ``h`` query heads,
 ``h_kv`` key/value heads, ``d_qk`` query/key width, ``d_v`` value width.
 Masks are bool and **True where a token is real / may be attended to**.

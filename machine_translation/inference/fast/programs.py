@@ -16,6 +16,11 @@ and fp32 the first step is built a second time for one sentence, the same way.
 The load time makes it worth it for long inputs and long-lived processes, not for
 a few sentences; speeds are in ``bench/README.md``.
 
+One concept, past 300 lines: what the compiled programs are (the modules exported,
+their names, their example inputs and dynamic shapes) belongs together, and the
+builder (``packages.py``), the loader (``compiled_model.py``) and the tests all go
+through it; the int8 variants live in ``int8_programs.py``.
+
 Each program is exported as a function of explicit tensors. A later step takes the
 new tokens, the source mask and every layer's cache buffers, returns the logits,
 and writes the new positions' keys and values into the buffers in place, as the
