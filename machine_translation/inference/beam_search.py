@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from decoder_transformer.compaction import Compaction
+from machine_translation.inference.beam_choice import choose_beams, special_tokens
+from machine_translation.inference.decoders import BeamStepDecoder
 from machine_translation.inference.greedy_search import (
     forced_prefixes,
     max_output_lengths,
@@ -45,30 +46,6 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
-def allow_only_token_(log_probs: Tensor, tokens: Tensor) -> None:
-    """Leaves each group's beams only ``tokens[group]`` to choose (if it is ≥ 0).
-
-    In place, and only the restricted groups' rows are touched (at the length limit
-    these are a few sentences of the batch, not the whole ``(n, k, v)`` tensor).
-
-    Args:
-        log_probs: ``(n, k, v)``, changed in place.
-        tokens: ``(n,)`` the one allowed token per group, or -1 for no restriction.
-
-    >>> log_probs = torch.zeros(2, 1, 3)
-    >>> allow_only_token_(log_probs, torch.tensor([2, -1]))
-    >>> log_probs
-    tensor([[[-inf, -inf, 0.]],
-    <BLANKLINE>
-            [[0., 0., 0.]]])
-    """
-    groups = (tokens >= 0).nonzero().squeeze(1)
-    allowed = tokens[groups]
-    kept = log_probs[groups, :, allowed]  # (g, k): the allowed token's scores
-    log_probs[groups] = float("-inf")
-    log_probs[groups, :, allowed] = kept
-
-
 @torch.inference_mode()
 def beam_search(
     model: Seq2SeqTransformer,
@@ -89,14 +66,18 @@ def beam_search(
     """Beam search over a batch of sources.
 
     Each step takes the ``2k`` best continuations of a sentence's beams (fairseq's
-    scheme): those ending with EOS become finished hypotheses, the best ``k``
-    others continue. Only finished hypotheses are handled one by one; the rest is
-    whole-batch tensor work. All beams start identical, so the first step runs one
+    scheme, :func:`~machine_translation.inference.beam_choice.choose_beams`): those
+    ending with EOS become finished hypotheses, the best ``k`` others continue. A
+    model that chooses them inside its step (a :class:`BeamStepDecoder`: the
+    compiled programs) does; otherwise they are chosen from its logits here. Only
+    finished hypotheses are handled one by one; the rest is whole-batch tensor
+    work. All beams start identical, so the first step runs one
     row per sentence; the source's keys and values stay one row per sentence
     throughout, shared by its beams.
 
     Args:
-        model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``).
+        model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``;
+            perhaps ``decode_beam_step``).
         source_ids: ``(b, s_src)`` token ids.
         source_mask: ``(b, s_src)`` True for real tokens.
         bos_id, eos_id, pad_id: Special tokens (PAD and BOS are never generated).
@@ -118,88 +99,80 @@ def beam_search(
     encoder_hidden_states = model.encode(source_ids, source_mask)
     source_mask = padding_or_none(source_mask)
     cache = model.new_cache(capacity=steps)
-    forbidden = torch.tensor([pad_id, bos_id], device=device)
+    special = special_tokens(eos_id, pad_id, bos_id).to(device)
+    chooses_in_step = isinstance(model, BeamStepDecoder)
     forced = forced_prefixes(prefixes, pad_id, device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished_counts = torch.zeros(batch, dtype=torch.long, device=device)
+    room = torch.ones(batch, dtype=torch.bool, device=device)  # < k finished
     groups = torch.arange(batch, device=device)  # the sentence of each group
     # Rows (b·c, ...): the c beams of a sentence in consecutive rows; c = 1 at first.
     scores = torch.zeros(batch, 1, device=device)  # (groups, c) log-probabilities
     history = torch.full((batch, max(steps, 1)), pad_id, device=device)
     next_tokens = torch.full((batch, 1), bos_id, device=device)
+    nearest_limit = int(limits.min()) if batch else 0  # of the groups searching
     for step in range(steps):
         n, beams_now = scores.shape
-        logits = model.decode_step(
-            next_tokens, encoder_hidden_states, source_mask, cache
-        )[:, -1]
-        # One fused pass from bf16 logits to fp32 log-probabilities.
-        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        log_probs.index_fill_(1, forbidden, float("-inf"))
-        # At the length limit only EOS is allowed (the last position holds it);
+        # At the length limit only EOS is allowed (the last position holds it;
+        # compared only from the nearest limit on: fewer operations a step);
         # inside a forced prefix, only the prefix's token.
-        at_limit = limits[groups] <= step + 1
-        required = torch.where(at_limit, eos_id, -1)
+        required = None
+        if step + 1 >= nearest_limit:
+            required = torch.where(limits[groups] <= step + 1, eos_id, -1)
         if forced is not None and step < forced[0].size(1):
             tokens, prefix_lengths = forced
-            in_prefix = ~at_limit & (step < prefix_lengths[groups])
-            required = torch.where(in_prefix, tokens[groups, step], required)
-        if (required >= 0).any():
-            allow_only_token_(log_probs.view(n, beams_now, -1), required)
-        # Only a beam's 2k best tokens can be among its sentence's 2k best.
-        best_log_probs, best_tokens = log_probs.topk(2 * k, dim=-1)  # (n·c, 2k)
-        candidates = scores.reshape(-1, 1) + best_log_probs
-        top_scores, positions = candidates.view(n, -1).topk(2 * k, dim=1)
-        beams = positions // (2 * k)  # (n, 2k), best first
-        tokens = best_tokens.view(n, -1).gather(1, positions)
-        # Candidates are taken best first until k have continued: an EOS one taken
-        # on the way is a finished hypothesis, the others continue.
-        possible = top_scores > float("-inf")
-        continuing = possible & (tokens != eos_id)
-        taken = possible & (continuing.cumsum(dim=1) - continuing.long() < k)
-        ending, continuing = taken & ~continuing, taken & continuing
-        if ending.any():
+            in_prefix = step < prefix_lengths[groups]
+            if required is not None:
+                in_prefix &= required < 0
+            free = -1 if required is None else required
+            required = torch.where(in_prefix, tokens[groups, step], free)
+        choice = None
+        if chooses_in_step:  # (None where its programs do not take the step)
+            choice = model.decode_beam_step(
+                next_tokens, encoder_hidden_states, source_mask, cache,
+                scores, required, special,
+            )  # fmt: skip
+        if choice is None:
+            logits = model.decode_step(
+                next_tokens, encoder_hidden_states, source_mask, cache
+            )[:, -1]
+            choice = choose_beams(logits, scores, required, special, k)
+        if choice.ending.any():
             penalty = length_penalty(step + 1, alpha)
+            ending = choice.ending
             where = ending.nonzero()
-            rows = (where[:, 0] * beams_now + beams[ending]).tolist()
+            rows = (where[:, 0] * beams_now + choice.beams[ending]).tolist()
             for (group, _), row, score in zip(
-                where.tolist(), rows, top_scores[ending].tolist(), strict=True
+                where.tolist(), rows, choice.top_scores[ending].tolist(), strict=True
             ):
                 hypothesis = Hypothesis(
                     history[row, :step].tolist(), score / penalty, score
                 )
                 finished[int(groups[group])].append(hypothesis)
             finished_counts.index_add_(0, groups, ending.sum(dim=1))
-        # The continuing candidates fill slots 0.. of their group; the rest go to a
-        # spare slot k that is dropped. Beams left without one keep a -inf score.
-        slots = torch.where(continuing, continuing.cumsum(dim=1) - 1, k)
-        new_scores = scores.new_full((n, k + 1), float("-inf"))
-        new_scores = new_scores.scatter(1, slots, top_scores)[:, :k]
-        new_beams = beams.new_zeros(n, k + 1).scatter(1, slots, beams)[:, :k]
-        new_tokens = tokens.new_full((n, k + 1), pad_id).scatter(1, slots, tokens)
-        new_tokens = new_tokens[:, :k]
+            room = finished_counts[groups] < k
         # fairseq's stopping rule: a sentence is done once k hypotheses ended.
-        searching = continuing.any(dim=1) & (finished_counts[groups] < k)
-        if not searching.any():
+        searching = choice.continuing & room
+        still = int(searching.sum())
+        if still == 0:
             break
-        if not searching.all():  # sentences leave: their source rows too
+        parents, scores, next_tokens = choice.parents, choice.scores, choice.next_tokens
+        if still < n:  # sentences leave: their source rows too
             compaction = Compaction.keeping(searching)
             kept = compaction.order
             cache.compact_cross_attention(compaction)
             encoder_hidden_states = compaction.apply_(encoder_hidden_states)
             if source_mask is not None:
                 source_mask = source_mask.index_select(0, kept)
-            groups, new_beams = groups[kept], new_beams[kept]
-            new_scores, new_tokens = new_scores[kept], new_tokens[kept]
-            n = kept.size(0)
-        else:
-            kept = torch.arange(n, device=device)
+            groups, room, parents = groups[kept], room[kept], parents[kept]
+            scores, next_tokens = scores[kept], next_tokens[kept]
+            nearest_limit = int(limits[groups].min())
         # Each new beam continues its parent's history: gather it, then append.
-        parents = (kept[:, None] * beams_now + new_beams).view(-1)
+        parents = parents.reshape(-1)
         cache.reorder_self_attention(parents)
         history = history.index_select(0, parents)
-        history[:, step] = new_tokens.reshape(-1)
-        scores = new_scores
-        next_tokens = new_tokens.reshape(-1, 1)
+        next_tokens = next_tokens.reshape(-1, 1)
+        history[:, step] = next_tokens[:, 0]
     return [
         sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest]
         or [Hypothesis([], float("-inf"), float("-inf"))]

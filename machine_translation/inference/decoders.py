@@ -4,7 +4,8 @@ A search (greedy, beam, sampling) asks four things of a model, :class:`StepDecod
 its ``config``, ``encode``, ``new_cache`` and one cached ``decode_step``. The
 :class:`~machine_translation.model.Seq2SeqTransformer` is one; the compiled programs
 of :mod:`machine_translation.inference.fast` give another, so the searches never
-know which they run on.
+know which they run on. Those programs can also choose beam search's next beams
+inside the step (:class:`BeamStepDecoder`), which beam search then asks for.
 
 Batches are handed to a :class:`BatchDecoder`, which runs a search function over
 them and returns the results in order. :class:`InProcess` runs them here, one at a
@@ -20,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from decoder_transformer.cache import DecoderCache
 from encoder_transformer.config import TransformerConfig
+from machine_translation.inference.beam_choice import BeamChoice
 
 
 class StepDecoder(Protocol):
@@ -53,6 +55,27 @@ class StepDecoder(Protocol):
         cache: DecoderCache,
     ) -> Tensor:
         """``(b, s_new)`` ids → ``(b, s_new, v)`` logits; extends ``cache``."""
+        ...
+
+
+@runtime_checkable
+class BeamStepDecoder(Protocol):
+    """A model whose decoding step can end by choosing beam search's next beams
+    (``beam_choice.choose_beams``), so that they are not chosen op by op in Python."""
+
+    def decode_beam_step(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        scores: Tensor,
+        required: Tensor | None,
+        special: Tensor,
+    ) -> BeamChoice | None:
+        """``decode_step`` for ``(n · c, 1)`` ids, then ``choose_beams(logits,
+        scores, required, special, c)``; None, with ``cache`` unchanged, where it
+        cannot (then the search calls ``decode_step``)."""
         ...
 
 

@@ -15,6 +15,7 @@ from machine_translation.evaluation.scoring import score
 from machine_translation.evaluation.test_sets import builtin_test_set
 from machine_translation.inference import fast
 from machine_translation.inference.batch_translation import search_batch
+from machine_translation.inference.beam_choice import choose_beams, special_tokens
 from machine_translation.inference.beam_search import beam_search
 from machine_translation.inference.decoders import InProcess
 from machine_translation.inference.fast.compiled_model import CompiledModel
@@ -190,6 +191,72 @@ def test_compiled_search_equals_eager_search(tiny_model_and_packages, beam_size)
     assert actual == expected
     assert counts["encoder"] == counts["first_step"] == 1
     assert counts[beam_size] > 0
+
+
+def assert_same_choice(actual, expected):
+    """Two beam choices agree on what the search reads: the scores, and the
+    beams and tokens of the candidates that are possible (not -inf)."""
+    torch.testing.assert_close(actual.top_scores, expected.top_scores)
+    torch.testing.assert_close(actual.scores, expected.scores)
+    assert torch.equal(actual.ending, expected.ending)
+    assert torch.equal(actual.continuing, expected.continuing)
+    possible, alive = (
+        expected.top_scores > float("-inf"),
+        expected.scores > float("-inf"),
+    )
+    for name, where in (("beams", possible), ("tokens", possible)):
+        assert torch.equal(getattr(actual, name)[where], getattr(expected, name)[where])
+    for name in ("parents", "next_tokens"):
+        assert torch.equal(getattr(actual, name)[alive], getattr(expected, name)[alive])
+
+
+@pytest.mark.parametrize("count", [12, 1])  # the many-rows and the few-rows step
+def test_compiled_beam_step_chooses_the_eager_beams(tiny_model_and_packages, count):
+    """Beam search's later step ends in the program by choosing the next beams:
+    the choice ``choose_beams`` makes from the eager logits, step after step,
+    with groups whose token is required (the length limit's EOS, a prefix's)."""
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
+    sources, mask = random_sources(count=count)
+    k, special = 3, special_tokens(EOS, PAD, BOS)
+    required = torch.tensor([-1, EOS, 7, -1] * 3)[:count]
+    with torch.inference_mode():
+        states = eager.encode(sources, mask)
+        caches = [eager.new_cache(), compiled.new_cache()]
+        first = torch.full((count, 1), BOS)
+        for model, cache in zip((eager, compiled), caches, strict=True):
+            model.decode_step(first, states, mask, cache)
+            cache.reorder_self_attention(torch.arange(count).repeat_interleave(k))
+        tokens = torch.randint(3, 37, (count * k, 1))
+        scores = -torch.rand(count, k)
+        for step in range(6):
+            restricted = required if step in (1, 4) else None
+            logits = eager.decode_step(tokens, states, mask, caches[0])[:, -1]
+            expected = choose_beams(logits, scores, restricted, special, k)
+            actual = compiled.decode_beam_step(
+                tokens, states, mask, caches[1], scores, restricted, special
+            )
+            assert_same_choice(actual, expected)
+            for cache in caches:
+                cache.reorder_self_attention(expected.parents.view(-1))
+            tokens = expected.next_tokens.reshape(-1, 1)
+            scores = expected.scores.contiguous()
+    assert counts[("few", 3) if count == 1 else 3] == 6
+
+
+def test_compiled_beam_search_with_prefixes_equals_eager(tiny_model_and_packages):
+    """Forced prefixes: the prefix's token is required inside the program."""
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
+    sources, mask = random_sources(longest=30)
+    prefixes = [[11, 12, 13], [], [5]] * 4
+    settings = {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD, "nbest": 3}
+    found = [
+        beam_search(model, sources, mask, beam_size=3, prefixes=prefixes, **settings)
+        for model in (eager, compiled)
+    ]
+    expected, actual = ([[h.tokens for h in row] for row in f] for f in found)
+    assert actual == expected
+    assert all(hypothesis[:3] == [11, 12, 13] for hypothesis in expected[0])
+    assert counts[3] > 0
 
 
 def test_worker_processes_decode_as_this_process(tiny_model_and_packages):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from machine_translation.inference.beam_choice import choose_beams, special_tokens
 from machine_translation.inference.beam_search import beam_search
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
@@ -198,3 +199,72 @@ def test_forced_prefix_starts_every_output(tiny_config):
     )
     assert greedy[0][:3] == [11, 12, 13]
     assert all(h.tokens[:3] == [11, 12, 13] for h in beam[0])
+
+
+def chosen_one_by_one(log_probs, scores, k, never):
+    """The reference for choose_beams, in plain Python for one group: every
+    (beam, token) candidate ranked by score, taken best first until k continue."""
+    candidates = sorted(
+        (
+            (score + log_probs[beam][token], beam, token)
+            for beam, score in enumerate(scores)
+            for token in range(len(log_probs[beam]))
+            if token not in never and score + log_probs[beam][token] > float("-inf")
+        ),
+        key=lambda candidate: -candidate[0],
+    )
+    ending, continuing = [], []
+    for _score, beam, token in candidates:
+        if len(continuing) == k:
+            break
+        (ending if token == EOS else continuing).append((beam, token))
+    return ending, continuing
+
+
+@pytest.mark.parametrize("beams_now", [1, 3])
+def test_choose_beams_takes_the_best_until_k_continue(beams_now):
+    """Against a one-by-one reference: which candidates end, which continue (in
+    order), their parents, tokens and scores; groups whose beams are dead keep
+    none; a required token is the only one a group may choose."""
+    torch.manual_seed(3)
+    groups, k, vocabulary = 6, 3, 9
+    logits = torch.randn(groups * beams_now, vocabulary)
+    logits[:, EOS] += 1.0  # EOS often among the best: hypotheses end on the way
+    scores = -torch.rand(groups, beams_now) * 2
+    if beams_now > 1:
+        scores[1, 1:] = float("-inf")  # a group with one live beam
+    required = torch.tensor([-1, -1, -1, -1, EOS, 7])
+    choice = choose_beams(logits, scores, required, special_tokens(EOS, PAD, BOS), k)
+    log_probs = torch.log_softmax(logits.double(), dim=-1).view(groups, beams_now, -1)
+    for group in range(groups):
+        rows = log_probs[group].clone()
+        if required[group] >= 0:
+            allowed = rows[:, required[group]].clone()
+            rows[:] = float("-inf")
+            rows[:, required[group]] = allowed
+        ending, continuing = chosen_one_by_one(
+            rows.tolist(), scores[group].double().tolist(), k, (PAD, BOS)
+        )
+        taken = choice.ending[group].nonzero().squeeze(1).tolist()
+        pairs = choice.beams[group].tolist(), choice.tokens[group].tolist()
+        assert [(pairs[0][i], pairs[1][i]) for i in taken] == ending
+        alive = len(continuing)
+        assert choice.continuing[group] == (alive > 0)
+        parents = choice.parents[group, :alive] - group * beams_now
+        assert (
+            list(
+                zip(
+                    parents.tolist(),
+                    choice.next_tokens[group, :alive].tolist(),
+                    strict=True,
+                )
+            )
+            == continuing
+        )
+        expected = [float(scores[group, b]) + rows[b, t].item() for b, t in continuing]
+        torch.testing.assert_close(
+            choice.scores[group, :alive], torch.tensor(expected, dtype=torch.float32)
+        )
+        assert (choice.scores[group, alive:] == float("-inf")).all()
+        assert (choice.next_tokens[group, alive:] == PAD).all()
+    assert choice.tokens[5][choice.top_scores[5] > float("-inf")].eq(7).all()

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from decoder_transformer.cache import DecoderCache
-from machine_translation.inference.fast.packages import (
-    compiled_packages,
-)
+from machine_translation.inference.beam_choice import BeamChoice
+from machine_translation.inference.fast.packages import compiled_packages
 from machine_translation.inference.fast.programs import (
     MOST_SOURCES,
     ONE_SENTENCE_FIRST_STEP,
@@ -117,17 +116,38 @@ class CompiledStep:
         cache: DecoderCache,
     ) -> Tensor:
         """The ``decode_step`` contract: ``(b, 1, v)`` logits; ``cache`` extended."""
+        logits = None
         if target_ids.size(1) == 1 and cache.length == 0:
             logits = self.start(target_ids, encoder_hidden_states, source_mask, cache)
         elif target_ids.size(1) == 1:
-            logits = self.go_on(target_ids, source_mask, cache)
-        else:
-            logits = None
+            run = self.later_step(target_ids.size(0), cache)
+            # (a step of several hypotheses a sentence chooses beams: not logits)
+            if run is not None and target_ids.size(0) == cache.cross_attention[0].batch:
+                outputs = self.go_on(run, target_ids, source_mask, cache)
+                logits = None if outputs is None else outputs[0]
         if logits is None:  # sizes the packages were not built for
             return self.eager_step(
                 target_ids, encoder_hidden_states, source_mask, cache
             )
         return logits.unsqueeze(1)
+
+    def choose_beams(
+        self,
+        target_ids: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        choice_inputs: tuple[Tensor, Tensor, Tensor],
+    ) -> BeamChoice | None:
+        """A later step of beam search (``decode_beam_step``), where a package
+        takes it: the :class:`BeamChoice`; else None, ``cache`` unchanged."""
+        if target_ids.size(1) != 1 or cache.length == 0:
+            return None
+        rows, sources = target_ids.size(0), cache.cross_attention[0].batch
+        run = self.later_step(rows, cache)
+        if run is None or rows == sources:  # (one a sentence: greedy's logits)
+            return None
+        outputs = self.go_on(run, target_ids, source_mask, cache, *choice_inputs)
+        return None if outputs is None else BeamChoice(*outputs)
 
     def start(
         self,
@@ -158,21 +178,32 @@ class CompiledStep:
             layer_cache.update(appended[2 * n + layer], appended[3 * n + layer])
         return logits
 
-    def go_on(
-        self, target_ids: Tensor, source_mask: Tensor | None, cache: DecoderCache
-    ) -> Tensor | None:
-        """A later step's ``(b, v)`` logits; writes into the caches' buffers."""
+    def later_step(self, rows: int, cache: DecoderCache) -> Program | None:
+        """The package for a later step of ``rows`` hypotheses, if one is built."""
         sources = cache.cross_attention[0].batch
-        beams, left = divmod(target_ids.size(0), sources)
-        run = self.steps.get(beams)
-        if beams in self.few_rows_steps and sources <= few_sources(beams):
-            run = self.few_rows_steps[beams]
-        if run is None or left or sources > MOST_SOURCES:
+        beams, left = divmod(rows, sources)
+        if left or sources > MOST_SOURCES:
             return None
+        if beams in self.few_rows_steps and sources <= few_sources(beams):
+            return self.few_rows_steps[beams]
+        return self.steps.get(beams)
+
+    def go_on(
+        self,
+        run: Program,
+        target_ids: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        *choice_inputs: Tensor,
+    ) -> list[Tensor] | None:
+        """A later step by ``run``: its outputs (the ``(b, v)`` logits, or beam
+        search's choice); writes into the caches' buffers. None where the caches
+        are too short for the package (then nothing is written)."""
         own = [layer.storage(room=1) for layer in cache.self_attention]
         if own[0][0].size(2) < SMALLEST_CAPACITY:
             return None
         source = [layer.storage() for layer in cache.cross_attention]
+        sources = source[0][0].size(0)
         if source_mask is None:
             source_mask = torch.ones(
                 sources, cache.cross_attention[0].length, dtype=torch.bool
@@ -183,15 +214,16 @@ class CompiledStep:
             + [keys for keys, _ in source]
             + [values for _, values in source]
         )
-        (logits,) = run(
+        outputs = run(
             target_ids.contiguous(),
             source_mask.contiguous(),
             self.no_positions.expand(cache.length),
             *buffers,
+            *choice_inputs,
         )
         for layer in cache.self_attention:
             layer.advance(1)
-        return logits
+        return outputs
 
 
 class CompiledModel:
@@ -248,6 +280,7 @@ class CompiledModel:
             few_rows_steps,
             packages.get(ONE_SENTENCE_FIRST_STEP),
         )
+        self.free = torch.full((64,), -1)  # beam search's "no token required"
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """The eager model's weights (their type is the programs' float type)."""
@@ -270,3 +303,23 @@ class CompiledModel:
     ) -> Tensor:
         """``(b, 1)`` ids → ``(b, 1, v)`` logits; extends ``cache``."""
         return self.step(target_ids, encoder_hidden_states, source_mask, cache)
+
+    def decode_beam_step(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        scores: Tensor,
+        required: Tensor | None,
+        special: Tensor,
+    ) -> BeamChoice | None:
+        """A later step of beam search and its choice of the next beams
+        (``inference.decoders.BeamStepDecoder``), where a package takes it."""
+        sources = scores.size(0)
+        if required is None:  # (the package takes a tensor: -1 leaves all free)
+            if self.free.size(0) < sources:
+                self.free = torch.full((sources,), -1)
+            required = self.free[:sources]
+        choice_inputs = (scores.contiguous(), required.contiguous(), special)
+        return self.step.choose_beams(target_ids, source_mask, cache, choice_inputs)

@@ -43,7 +43,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from machine_translation.inference.fast.programs import DecodingStep, program_inputs
+from machine_translation.inference.fast.exported_modules import later_step
+from machine_translation.inference.fast.programs import program_beams, program_inputs
 from machine_translation.model import Seq2SeqTransformer
 
 
@@ -98,7 +99,7 @@ def export_weight_only_step(
     for parent, name, child in layers:
         setattr(parent, name, WeightOnlyInt8Linear(child.weight, child.bias))
     head = WeightOnlyInt8Linear(weights.decoder.embedding.tokens.weight)  # tied
-    step = DecodingStep(weights, head)
+    step = later_step(weights, program_beams(program), head)
     return torch.export.export(step, inputs.example, dynamic_shapes=inputs.dims)
 
 

@@ -16,17 +16,15 @@ and fp32 the first step is built a second time for one sentence, the same way.
 The load time makes it worth it for long inputs and long-lived processes, not for
 a few sentences; speeds are in ``bench/README.md``.
 
-One concept, past 300 lines: what the compiled programs are (the modules exported,
-their names, their example inputs and dynamic shapes) belongs together, and the
-builder (``packages.py``), the loader (``compiled_model.py``) and the tests all go
-through it; the int8 variants live in ``int8_programs.py``.
+What the compiled programs are (their names, the modules they are exported from,
+their example inputs and dynamic shapes) is here, and the builder
+(``packages.py``), the loader (``compiled_model.py``) and the tests all go through
+it; the int8 variants live in ``int8_programs.py``.
 
-Each program is exported as a function of explicit tensors. A later step takes the
-new tokens, the source mask and every layer's cache buffers, returns the logits,
-and writes the new positions' keys and values into the buffers in place, as the
-eager cache would append them (:meth:`KeyValueCache.storage`). Inside, the
-decoder's own modules run on stand-in caches (:class:`GivenCache`), so the
-compiled programs are the model's code, not a rewrite of it.
+Each program is exported from a module of ``exported_modules.py``, a function of
+explicit tensors: a later step writes the new positions' keys and values into the
+cache buffers it is given, and beam search's later step also chooses the next
+beams there.
 
 A package holds the weights: it belongs to one model, so its name carries a
 fingerprint of the weights and of the code (:func:`package_path`). A later step is
@@ -35,9 +33,8 @@ size for beam search, whose beams of a sentence then share one row of source key
 and values, as in the eager decoder. Sizes a program was not built for (e.g. very
 long sources) run eagerly. Needs a C++ compiler to build; CPU only.
 
-One concept, the programs: their modules, names and export inputs (hence the
-length). Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions,
-``s_src`` source positions, ``d_h`` head width, ``v`` vocabulary.
+Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
+positions, ``d_h`` head width, ``v`` vocabulary.
 """
 
 from __future__ import annotations
@@ -46,16 +43,16 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from encoder_transformer.scaled_dot_product import (
     CPU_MATH_KERNEL_MAX_KEYS,
     DECODING_STEP_MAX_QUERIES,
 )
-from machine_translation.inference.fast.stand_in_cache import (
-    GivenCache,
-    GivenKeyValues,
-    NewKeyValues,
+from machine_translation.inference.fast.exported_modules import (
+    Encoding,
+    FirstStep,
+    later_step,
 )
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import cpu_has_avx2
@@ -81,106 +78,18 @@ FEW_ROWS = 5
 ONE_SENTENCE_FIRST_STEP = "first_step_few"
 
 
-class Encoding(nn.Module):
-    """The encoder, for ``torch.export``: ``(b, s_src)`` ids and mask → states."""
-
-    def __init__(self, model: Seq2SeqTransformer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, source_ids: Tensor, source_mask: Tensor) -> Tensor:
-        return self.model.encode(source_ids, source_mask)
-
-
-class FirstStep(nn.Module):
-    """The first decoding step, on empty caches, for ``torch.export``.
-
-    ``forward(tokens, encoder_hidden_states, source_mask)``: ``tokens`` ``(b, 1)``,
-    ``encoder_hidden_states`` ``(b, s_src, d)``, ``source_mask`` ``(b, s_src)``.
-    Returns the logits ``(b, v)``, then each layer's self-attention keys, then
-    values ``(b, h, 1, d_h)``, then cross-attention keys, then values
-    ``(b, h, s_src, d_h)``: what the caller's cache is to hold.
-    """
-
-    def __init__(self, model: Seq2SeqTransformer) -> None:
-        super().__init__()
-        self.decoder = model.decoder
-        self.layers = len(model.decoder.blocks)
-
-    def forward(
-        self, tokens: Tensor, encoder_hidden_states: Tensor, source_mask: Tensor
-    ) -> tuple[Tensor, ...]:
-        own = [NewKeyValues() for _ in range(self.layers)]
-        source = [NewKeyValues() for _ in range(self.layers)]
-        logits = self.decoder.step(
-            tokens, GivenCache(own, source), encoder_hidden_states, source_mask
-        )
-        appended = [layer.appended for layer in own + source]
-        return (
-            logits[:, -1],
-            *(keys for keys, _ in appended[: self.layers]),
-            *(values for _, values in appended[: self.layers]),
-            *(keys for keys, _ in appended[self.layers :]),
-            *(values for _, values in appended[self.layers :]),
-        )
-
-
-class DecodingStep(nn.Module):
-    """One decoding step as a function of tensors, for ``torch.export``.
-
-    Each of ``b_src`` sentences has ``g`` hypotheses in consecutive rows (``g = 1``
-    in greedy search, the beams in beam search), ``b = g · b_src`` rows in all, which
-    take one token each. Every layer's cache buffers go in, and the new keys and
-    values are written into them in place.
-
-    ``forward(tokens, source_mask, cached_positions, buffers)``:
-
-    - ``tokens`` ``(b, 1)``; ``source_mask`` ``(b_src, s_src)`` bool.
-    - ``cached_positions`` ``(s,)``: only its size is read, the number of target
-      positions in the caches (an exported program is generic over sizes, not
-      over integer arguments).
-    - ``buffers``: each layer's self-attention keys, then values
-      ``(b, h, capacity, d_h)``, with room after position ``s``, then its
-      cross-attention keys, then values ``(b_src, h, capacity_src, d_h)``.
-
-    Returns the logits ``(b, v)``, from the decoder's tied LM head, or from
-    ``head`` if given (a module ``(b, d)`` → ``(b, v)``: an int8 copy of the tied
-    matrix, ``int8_programs``).
-    """
-
-    def __init__(
-        self, model: Seq2SeqTransformer, head: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.decoder = model.decoder
-        self.layers = len(model.decoder.blocks)
-        self.head = head
-
-    def forward(
-        self,
-        tokens: Tensor,
-        source_mask: Tensor,
-        cached_positions: Tensor,
-        buffers: tuple[Tensor, ...],
-    ) -> Tensor:
-        n, length = self.layers, cached_positions.size(0)
-        own = [GivenKeyValues(buffers[i], buffers[n + i], length) for i in range(n)]
-        source = [
-            GivenKeyValues(buffers[2 * n + i], buffers[3 * n + i], source_mask.size(1))
-            for i in range(n)
-        ]
-        # The encoder states are read only while the cross-attention cache is empty,
-        # which it never is here: the source keys stand in for them.
-        hidden_states = self.decoder.final_hidden_states(
-            tokens, None, buffers[2 * n], source_mask, GivenCache(own, source)
-        )
-        head = self.decoder.lm_head if self.head is None else self.head
-        return head(hidden_states[:, -1])
-
-
 def step_program(beams: int) -> str:
     """The name of the decoding step's program for ``beams`` hypotheses a sentence."""
     return f"step_beams{beams}"
+
+
+def program_beams(program: str) -> int:
+    """The hypotheses a sentence of a later step's ``program``.
+
+    >>> program_beams(step_program(5)), program_beams(few_rows_program(1))
+    (5, 1)
+    """
+    return int(program.removeprefix("step_beams").removesuffix("_few"))
 
 
 def few_sources(beams: int) -> int:
@@ -267,8 +176,7 @@ def program_inputs(model: Seq2SeqTransformer, program: str) -> ProgramInputs:
         return encoder_inputs(model, program)
     if program in ("first_step", ONE_SENTENCE_FIRST_STEP):
         return first_step_inputs(model, one_sentence=program != "first_step")
-    beams = program.removeprefix("step_beams").removesuffix("_few")
-    return later_step_inputs(model, int(beams), program.endswith("_few"))
+    return later_step_inputs(model, program_beams(program), program.endswith("_few"))
 
 
 def sentences_dim(most: int = MOST_SOURCES) -> torch.export.Dim:
@@ -316,7 +224,7 @@ def first_step_inputs(
 def later_step_inputs(
     model: Seq2SeqTransformer, beams: int, few: bool = False
 ) -> ProgramInputs:
-    """:class:`DecodingStep` for ``beams`` hypotheses per sentence; ``few``: for
+    """:func:`later_step` for ``beams`` hypotheses per sentence; ``few``: for
     at most :func:`few_sources` sentences (one: a size, not a dimension)."""
     most = few_sources(beams) if few else MOST_SOURCES
     sources = min(SOURCES, most)
@@ -336,6 +244,11 @@ def later_step_inputs(
             + [torch.randn(cross) for _ in range(2 * n)]
         ),
     )
+    choice = (  # beam search's: scores, required tokens, special tokens
+        torch.randn(sources, beams),
+        torch.full((sources,), -1),
+        torch.tensor([2, 0, 1]),
+    )
     sentences = sentences_dim(most) if most > 1 else None
     rows = beams * sentences if beams > 1 and sentences is not None else sentences
     longest = 4 * config.max_positions  # cache buffers grow by doubling
@@ -351,7 +264,10 @@ def later_step_inputs(
         {0: target},
         tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
     )
-    return ProgramInputs(DecodingStep(model), example, dims)
+    if beams > 1:
+        example += choice
+        dims += (dynamic({0: sentences}), dynamic({0: sentences}), {})
+    return ProgramInputs(later_step(model, beams), example, dims)
 
 
 def dynamic(dims: dict) -> dict:
