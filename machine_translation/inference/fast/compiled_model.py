@@ -1,4 +1,11 @@
-"""A model whose encoder and decoding steps run as compiled programs."""
+"""A model whose encoder and decoding steps run as compiled programs.
+
+One concept, past 300 lines: the loaded programs (:class:`Program`), the encoder
+and the decoding steps that call them where their sizes fit and fall back to the
+eager model elsewhere (:class:`CompiledEncoder`, :class:`CompiledStep`), and the
+model a search sees (:class:`CompiledModel`) are one path from a search to a
+package; each part is short and used only by the next.
+"""
 
 from __future__ import annotations
 

@@ -244,11 +244,6 @@ def later_step_inputs(
             + [torch.randn(cross) for _ in range(2 * n)]
         ),
     )
-    choice = (  # beam search's: scores, required tokens, special tokens
-        torch.randn(sources, beams),
-        torch.full((sources,), -1),
-        torch.tensor([2, 0, 1]),
-    )
     sentences = sentences_dim(most) if most > 1 else None
     rows = beams * sentences if beams > 1 and sentences is not None else sentences
     longest = 4 * config.max_positions  # cache buffers grow by doubling
@@ -264,8 +259,12 @@ def later_step_inputs(
         {0: target},
         tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
     )
-    if beams > 1:
-        example += choice
+    if beams > 1:  # beam search's: scores, required tokens, special tokens
+        example += (
+            torch.randn(sources, beams),
+            torch.full((sources,), -1),
+            torch.tensor([2, 0, 1]),
+        )
         dims += (dynamic({0: sentences}), dynamic({0: sentences}), {})
     return ProgramInputs(later_step(model, beams), example, dims)
 
