@@ -1,11 +1,12 @@
-"""Where one sentence's time goes, one at a time on the compiled path.
+"""Where a sentence's time goes on the compiled path, one at a time or in batches.
 
     python bench/sentence_time.py --checkpoint runs/.../best.pt
         [--precision bf16|fp32|int8] [--sentences 100] [--rounds 3] [--threads 1]
+        [--batch-size 1]
 
 Translates the first ``--sentences`` sources of Multi30K test_2016_flickr one at a
-time (greedy and beam 5) through the toolkit's path (``batch_decoder(...,
-compiled=True)``, the packages beside the checkpoint, and
+time, or ``--batch-size`` at a time (greedy and beam 5), through the toolkit's path
+(``batch_decoder(..., compiled=True)``, the packages beside the checkpoint, and
 ``translate_token_ids``), with a timer around each loaded program, and reports per
 sentence (the round with the median speed): the encoder's programs, the first
 step's, the later steps', and the rest: the search around the programs, the
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the translation commands
@@ -81,13 +83,14 @@ def main() -> None:
     sources = builtin_test_set("multi30k").sources[: args.sentences]
     source_ids = tokenizer.encode_batch(sources)
     print(f"checkpoint: {checkpoint}; {args.precision}, {args.threads} threads, "
-          f"{len(sources)} sentences one at a time, {args.rounds} rounds, "
+          f"{len(sources)} sentences, {args.batch_size} at a time, "
+          f"{args.rounds} rounds, "
           f"torch {torch.__version__}\n")  # fmt: skip
     print("| search | sentences/s (all rounds) | ms a sentence | encoder | first step "
           "| later steps | the rest |")  # fmt: skip
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for beam in (1, 5):
-        decoding = DecodingConfig(beam_size=beam, batch_size=1)
+        decoding = DecodingConfig(beam_size=beam, batch_size=args.batch_size)
         run = (decoder, tokenizer, source_ids, torch.device("cpu"), args.precision)
         translate_token_ids(*run[:2], source_ids[:10], *run[3:], decoding)  # warm-up
         rounds = []

@@ -4,8 +4,9 @@ A search (greedy, beam, sampling) asks four things of a model, :class:`StepDecod
 its ``config``, ``encode``, ``new_cache`` and one cached ``decode_step``. The
 :class:`~machine_translation.model.Seq2SeqTransformer` is one; the compiled programs
 of :mod:`machine_translation.inference.fast` give another, so the searches never
-know which they run on. Those programs can also choose beam search's next beams
-inside the step (:class:`BeamStepDecoder`), which beam search then asks for.
+know which they run on. Those programs can also choose greedy search's tokens and
+beam search's next beams inside the step (:class:`GreedyStepDecoder`,
+:class:`BeamStepDecoder`), which the searches then ask for.
 
 Batches are handed to a :class:`BatchDecoder`, which runs a search function over
 them and returns the results in order. :class:`InProcess` runs them here, one at a
@@ -55,6 +56,25 @@ class StepDecoder(Protocol):
         cache: DecoderCache,
     ) -> Tensor:
         """``(b, s_new)`` ids → ``(b, s_new, v)`` logits; extends ``cache``."""
+        ...
+
+
+@runtime_checkable
+class GreedyStepDecoder(Protocol):
+    """A model whose decoding step can end by choosing greedy search's next tokens
+    (``greedy_choice.greedy_tokens``), so that they are not chosen in Python."""
+
+    def decode_greedy_step(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        forbidden: Tensor,
+    ) -> Tensor | None:
+        """``decode_step`` for ``(b, 1)`` ids, then ``greedy_tokens(logits,
+        forbidden)``: ``(b,)`` tokens; None, with ``cache`` unchanged, where it
+        cannot (then the search calls ``decode_step``)."""
         ...
 
 

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from decoder_transformer.compaction import Compaction
+from machine_translation.inference.decoders import GreedyStepDecoder
+from machine_translation.inference.greedy_choice import greedy_tokens
 from machine_translation.inference.sampling import Sampling, sample_next_tokens
 from machine_translation.model import Seq2SeqTransformer
 
@@ -75,10 +77,14 @@ def greedy_search(
     """Greedy decoding (or sampling, token by token) of a batch of sources.
 
     Every step is a few whole-batch tensor operations; sentences that end leave the
-    batch (their cache rows are dropped), so they stop costing compute.
+    batch (their cache rows are dropped), so they stop costing compute. A model
+    that chooses the tokens inside its step (a :class:`GreedyStepDecoder`: the
+    compiled programs) does, with ``greedy_choice.greedy_tokens``, which is
+    otherwise called here on its logits.
 
     Args:
-        model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``).
+        model: An encoder-decoder model (``encode``, ``new_cache``, ``decode_step``;
+            perhaps ``decode_greedy_step``).
         source_ids: ``(b, s_src)`` token ids.
         source_mask: ``(b, s_src)`` True for real tokens.
         bos_id: Token that starts every target.
@@ -108,16 +114,22 @@ def greedy_search(
     rows = torch.arange(batch, device=device)  # the sentence of each row decoding
     nearest_limit = int(limits.min()) if batch else 0  # of the rows still decoding
     next_tokens = torch.full((batch, 1), bos_id, device=device)
+    chooses_in_step = sampling is None and isinstance(model, GreedyStepDecoder)
     for step in range(steps):
-        logits = model.decode_step(
-            next_tokens, encoder_hidden_states, source_mask, cache
-        )[:, -1]
-        logits.index_fill_(1, forbidden, float("-inf"))
-        if sampling is None:
-            # max's indices = argmax (the first maximum), and 4x faster in bf16.
-            chosen = logits.max(dim=-1).indices
-        else:
-            chosen = sample_next_tokens(logits, sampling, generator)
+        chosen = None
+        if chooses_in_step:  # (None where its programs do not take the step)
+            chosen = model.decode_greedy_step(
+                next_tokens, encoder_hidden_states, source_mask, cache, forbidden
+            )
+        if chosen is None:
+            logits = model.decode_step(
+                next_tokens, encoder_hidden_states, source_mask, cache
+            )[:, -1]
+            if sampling is None:
+                chosen = greedy_tokens(logits, forbidden)
+            else:
+                logits.index_fill_(1, forbidden, float("-inf"))
+                chosen = sample_next_tokens(logits, sampling, generator)
         if forced is not None and step < forced[0].size(1):
             tokens, prefix_lengths = forced
             in_prefix = step < prefix_lengths[rows]

@@ -27,6 +27,7 @@ from machine_translation.inference.fast.programs import (
     encoder_programs,
     programs,
 )
+from machine_translation.inference.greedy_choice import greedy_tokens
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
 from machine_translation.runtime.devices import cpu_has_avx2, for_inference
@@ -211,6 +212,46 @@ def assert_same_choice(actual, expected):
 
 
 @pytest.mark.parametrize("count", [12, 1])  # the many-rows and the few-rows step
+def test_compiled_greedy_step_chooses_the_eager_tokens(tiny_model_and_packages, count):
+    """Greedy search's later step ends in the program by choosing the next
+    tokens: those ``greedy_tokens`` takes from the eager logits, step after step;
+    the first step (no package chooses there) leaves it to the search."""
+    eager, compiled, counts = eager_and_compiled(*tiny_model_and_packages)
+    sources, mask = random_sources(count=count)
+    forbidden = torch.tensor([PAD, BOS])
+    with torch.inference_mode():
+        states = eager.encode(sources, mask)
+        caches = [eager.new_cache(), compiled.new_cache()]
+        tokens = torch.full((count, 1), BOS)
+        first = compiled.decode_greedy_step(tokens, states, mask, caches[1], forbidden)
+        assert first is None and caches[1].length == 0
+        for model, cache in zip((eager, compiled), caches, strict=True):
+            model.decode_step(tokens, states, mask, cache)
+        for _ in range(6):
+            logits = eager.decode_step(tokens, states, mask, caches[0])[:, -1]
+            expected = greedy_tokens(logits, forbidden)
+            actual = compiled.decode_greedy_step(
+                tokens, states, mask, caches[1], forbidden
+            )
+            assert torch.equal(actual, expected)
+            tokens = torch.randint(3, 37, (count, 1))  # (any: both caches take it)
+    assert counts[("few", 1) if count == 1 else 1] == 6
+    pairs = zip(caches[1].self_attention, caches[0].self_attention, strict=True)
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours.read(), theirs.read())
+
+
+def test_inductor_greedy_tokens_break_ties_as_eager():
+    """In bf16 logits tie often: the compiled choice (Inductor's reduction, as in
+    the greedy step's program) takes the same first maximum as eager ``max``."""
+    torch.manual_seed(5)
+    logits = (torch.randn(64, 4000) * 4).round().bfloat16()
+    forbidden = torch.tensor([PAD, BOS])
+    compiled = torch.compile(greedy_tokens, backend="inductor", fullgraph=True)
+    assert torch.equal(compiled(logits, forbidden), greedy_tokens(logits, forbidden))
+
+
+@pytest.mark.parametrize("count", [12, 1])  # the many-rows and the few-rows step
 def test_compiled_beam_step_chooses_the_eager_beams(tiny_model_and_packages, count):
     """Beam search's later step ends in the program by choosing the next beams:
     the choice ``choose_beams`` makes from the eager logits, step after step,
@@ -327,8 +368,9 @@ def test_int8_few_rows_step_is_close_to_the_fp32_step(tiny_model_and_packages):
     mask = torch.rand(rows, 13) < 0.8
     mask[:, 0] = True  # every sentence has a token
     buffers = [[b.clone() for b in own + cross] for _ in runs]
+    forbidden = torch.tensor([PAD, BOS])
     logits = [
-        run(tokens, mask, torch.empty(()).expand(9), tuple(b))
+        run(tokens, mask, torch.empty(()).expand(9), tuple(b), forbidden)[0]
         for run, b in zip(runs, buffers, strict=True)
     ]
     assert logits[1].dtype == torch.bfloat16  # its inputs are bf16, not quantized

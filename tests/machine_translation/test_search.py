@@ -3,6 +3,7 @@ import torch
 
 from machine_translation.inference.beam_choice import choose_beams, special_tokens
 from machine_translation.inference.beam_search import beam_search
+from machine_translation.inference.greedy_choice import greedy_tokens
 from machine_translation.inference.greedy_search import greedy_search
 from machine_translation.model import Seq2SeqTransformer
 
@@ -268,3 +269,18 @@ def test_choose_beams_takes_the_best_until_k_continue(beams_now):
         assert (choice.scores[group, alive:] == float("-inf")).all()
         assert (choice.next_tokens[group, alive:] == PAD).all()
     assert choice.tokens[5][choice.top_scores[5] > float("-inf")].eq(7).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_tokens_take_the_first_best_allowed_token(dtype):
+    """Against a one-by-one reference, on logits that tie often (as bf16's do):
+    the first of a row's best tokens, never a forbidden one."""
+    torch.manual_seed(4)
+    logits = (torch.randn(64, 300) * 3).round().to(dtype)
+    logits[:5, 0] = 100.0  # the best token forbidden
+    forbidden = torch.tensor([PAD, BOS])
+    chosen = greedy_tokens(logits, forbidden)
+    for row, token in zip(logits.tolist(), chosen.tolist(), strict=True):
+        allowed = [column for column in range(300) if column not in (PAD, BOS)]
+        best = max(row[column] for column in allowed)
+        assert token == next(c for c in allowed if row[c] == best)

@@ -114,6 +114,7 @@ class CompiledStep:
         }
         self.eager_step = eager_step
         self.no_positions = torch.empty(())  # expanded: a size without memory
+        self.any_forbidden = torch.zeros(2, dtype=torch.long)
 
     def __call__(
         self,
@@ -128,15 +129,36 @@ class CompiledStep:
             logits = self.start(target_ids, encoder_hidden_states, source_mask, cache)
         elif target_ids.size(1) == 1:
             run = self.later_step(target_ids.size(0), cache)
-            # (a step of several hypotheses a sentence chooses beams: not logits)
+            # (a step of several hypotheses a sentence chooses beams: not logits;
+            # greedy's step also chooses tokens, not read here)
             if run is not None and target_ids.size(0) == cache.cross_attention[0].batch:
-                outputs = self.go_on(run, target_ids, source_mask, cache)
+                outputs = self.go_on(
+                    run, target_ids, source_mask, cache, self.any_forbidden
+                )
                 logits = None if outputs is None else outputs[0]
         if logits is None:  # sizes the packages were not built for
             return self.eager_step(
                 target_ids, encoder_hidden_states, source_mask, cache
             )
         return logits.unsqueeze(1)
+
+    def choose_tokens(
+        self,
+        target_ids: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        forbidden: Tensor,
+    ) -> Tensor | None:
+        """A later step of greedy search (``decode_greedy_step``), where a
+        package takes it: the ``(b,)`` tokens; else None, ``cache`` unchanged."""
+        if target_ids.size(1) != 1 or cache.length == 0 or forbidden.size(0) != 2:
+            return None
+        rows, sources = target_ids.size(0), cache.cross_attention[0].batch
+        run = self.later_step(rows, cache)
+        if run is None or rows != sources:  # (several a sentence: beam search's)
+            return None
+        outputs = self.go_on(run, target_ids, source_mask, cache, forbidden)
+        return None if outputs is None else outputs[1]
 
     def choose_beams(
         self,
@@ -310,6 +332,20 @@ class CompiledModel:
     ) -> Tensor:
         """``(b, 1)`` ids → ``(b, 1, v)`` logits; extends ``cache``."""
         return self.step(target_ids, encoder_hidden_states, source_mask, cache)
+
+    def decode_greedy_step(
+        self,
+        target_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        source_mask: Tensor | None,
+        cache: DecoderCache,
+        forbidden: Tensor,
+    ) -> Tensor | None:
+        """A later step of greedy search and its choice of the next tokens
+        (``inference.decoders.GreedyStepDecoder``), where a package takes it."""
+        return self.step.choose_tokens(
+            target_ids, source_mask, cache, forbidden.contiguous()
+        )
 
     def decode_beam_step(
         self,

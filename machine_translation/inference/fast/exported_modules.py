@@ -5,12 +5,12 @@ explicit tensors (``torch.export`` takes modules, not the eager cache).
 A later step takes the new tokens, the source mask and every layer's cache
 buffers, returns the logits, and writes the new positions' keys and values into
 the buffers in place, as the eager cache would append them
-(:meth:`KeyValueCache.storage`). Beam search's later step goes on to choose the
-next beams from those logits (:class:`BeamStep`), so that its bookkeeping runs in
-the program too. Inside, the decoder's own modules run on stand-in caches
-(:class:`GivenCache`), so the compiled programs are the model's code, not a
-rewrite of it. Which programs exist, their names and example inputs are
-``programs.py``'s.
+(:meth:`KeyValueCache.storage`). Greedy search's later step goes on to choose the
+next tokens from those logits (:class:`GreedyStep`), and beam search's the next
+beams (:class:`BeamStep`), so that their bookkeeping runs in the program too.
+Inside, the decoder's own modules run on stand-in caches (:class:`GivenCache`),
+so the compiled programs are the model's code, not a rewrite of it. Which
+programs exist, their names and example inputs are ``programs.py``'s.
 
 Shapes: ``b`` rows, ``h`` heads, ``s`` cached target positions, ``s_src`` source
 positions, ``d_h`` head width, ``v`` vocabulary.
@@ -26,6 +26,7 @@ from machine_translation.inference.fast.stand_in_cache import (
     GivenKeyValues,
     NewKeyValues,
 )
+from machine_translation.inference.greedy_choice import greedy_tokens
 from machine_translation.model import Seq2SeqTransformer
 
 
@@ -126,6 +127,33 @@ class DecodingStep(nn.Module):
         return head(hidden_states[:, -1])
 
 
+class GreedyStep(nn.Module):
+    """A later step of greedy search, for ``torch.export``: :class:`DecodingStep`,
+    then each row's next token chosen from its logits
+    (``greedy_choice.greedy_tokens``) in the same program.
+
+    ``forward(tokens, source_mask, cached_positions, buffers, forbidden)``: the
+    first four as :class:`DecodingStep`'s; ``forbidden`` ``(2,)``: the ids never
+    chosen (PAD, BOS). Returns the logits ``(b, v)`` (what ``decode_step``
+    reads) and the chosen tokens ``(b,)``.
+    """
+
+    def __init__(self, step: DecodingStep) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(
+        self,
+        tokens: Tensor,
+        source_mask: Tensor,
+        cached_positions: Tensor,
+        buffers: tuple[Tensor, ...],
+        forbidden: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        logits = self.step(tokens, source_mask, cached_positions, buffers)
+        return logits, greedy_tokens(logits, forbidden)
+
+
 class BeamStep(nn.Module):
     """A later step of beam search, for ``torch.export``: :class:`DecodingStep`
     for ``beams`` hypotheses a sentence, then the next beams chosen from its
@@ -159,7 +187,8 @@ class BeamStep(nn.Module):
 def later_step(
     model: Seq2SeqTransformer, beams: int, head: nn.Module | None = None
 ) -> nn.Module:
-    """The module of a later step for ``beams`` hypotheses a sentence: the
-    logits for greedy search (1), a :class:`BeamStep` for beam search."""
+    """The module of a later step for ``beams`` hypotheses a sentence: a
+    :class:`GreedyStep` for greedy search (1), a :class:`BeamStep` for beam
+    search."""
     step = DecodingStep(model, head)
-    return step if beams == 1 else BeamStep(step, beams)
+    return GreedyStep(step) if beams == 1 else BeamStep(step, beams)

@@ -14,7 +14,7 @@ import torch
 
 import decoder_transformer
 import encoder_transformer
-from machine_translation.inference import beam_choice
+from machine_translation.inference import beam_choice, greedy_choice
 from machine_translation.inference.fast.int8_programs import (
     export_int8_program,
     has_torchao,
@@ -47,13 +47,13 @@ def package_path(
     A package embeds the weights and the code it was compiled from, so its name
     holds the program (:func:`programs`), the precision and a fingerprint of the
     weights, of the model's source code (the two lower packages,
-    :data:`PROGRAM_SOURCES` and ``beam_choice``) and of PyTorch's version: a
-    retrained or averaged model, or changed code, gets a package of its own.
+    :data:`PROGRAM_SOURCES`, ``beam_choice`` and ``greedy_choice``) and of PyTorch's
+    version: a retrained or averaged model, or changed code, gets a package of its own.
     """
     digest = hashlib.sha256(torch.__version__.encode())
     here = Path(__file__).parent
     sources = [here / f"{name}.py" for name in PROGRAM_SOURCES]
-    sources.append(Path(beam_choice.__file__))
+    sources += [Path(beam_choice.__file__), Path(greedy_choice.__file__)]
     for package in (encoder_transformer, decoder_transformer):
         sources += sorted(Path(package.__file__).parent.glob("*.py"))
     for source in sources:

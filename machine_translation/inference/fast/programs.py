@@ -23,8 +23,8 @@ it; the int8 variants live in ``int8_programs.py``.
 
 Each program is exported from a module of ``exported_modules.py``, a function of
 explicit tensors: a later step writes the new positions' keys and values into the
-cache buffers it is given, and beam search's later step also chooses the next
-beams there.
+cache buffers it is given, and chooses there greedy search's next tokens or beam
+search's next beams.
 
 A package holds the weights: it belongs to one model, so its name carries a
 fingerprint of the weights and of the code (:func:`package_path`). A later step is
@@ -259,7 +259,10 @@ def later_step_inputs(
         {0: target},
         tuple([own_dims] * (2 * n) + [cross_dims] * (2 * n)),
     )
-    if beams > 1:  # beam search's: scores, required tokens, special tokens
+    if beams == 1:  # greedy search's: the tokens never chosen (PAD, BOS)
+        example += (torch.tensor([0, 1]),)
+        dims += ({},)
+    else:  # beam search's: scores, required tokens, special tokens
         example += (
             torch.randn(sources, beams),
             torch.full((sources,), -1),
