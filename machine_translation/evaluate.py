@@ -6,6 +6,7 @@
     python -m machine_translation.evaluate --test multi30k  # one shipped test set
     python -m machine_translation.evaluate --source in.en --references ref1.fr ref2.fr
     python -m machine_translation.evaluate --adapter runs/lora-tatoeba/.../best.pt
+    python -m machine_translation.evaluate --beam 5 --alpha 0.6   # a length penalty
 
 Scores come from sacreBLEU: BLEU on cased, detokenized text with its signature (the
 number to report), lower-cased BLEU (comparable with papers that lower-case), and
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         help="beam sizes to evaluate; 1 = greedy (default: 1 5)",
     )
     parser.add_argument(
+        "--alpha",
+        type=float,
+        help="length penalty: GNMT's ((5 + length) / 6) ** alpha (default: 1.0)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if min(args.beam) < 1:
             raise ValueError(f"--beam {min(args.beam)}: beam sizes are 1 or more")
+        decoding = load_decoding_config(length_penalty=args.alpha)
         if bool(args.source) != bool(args.references):
             raise DataError("--source and --references go together")
         checkpoint = checkpoint_argument(args)
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             test_sets,
             device,
             precision,
-            load_decoding_config(),
+            decoding,
             args.beam,
             output_dir,
             adapter,

@@ -60,7 +60,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     # Search settings default to conf/decoding/default.yaml.
     parser.add_argument("--beam", type=int, help="beam size; 1 = greedy (default: 5)")
     parser.add_argument("--nbest", type=int, default=1, help="translations per input")
-    parser.add_argument("--alpha", type=float, help="length penalty (default: 1.0)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="length penalty: GNMT's ((5 + length) / 6) ** alpha (default: 1.0)",
+    )
     parser.add_argument("--batch-size", type=int, help="sentences (default: 64)")
     parser.add_argument(
         "--workers",

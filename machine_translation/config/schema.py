@@ -214,7 +214,7 @@ class DecodingConfig:
     """
 
     beam_size: int = 5  # 1 = greedy search
-    length_penalty: float = 1.0  # beam search ranks by score / length ** this
+    length_penalty: float = 1.0  # score / ((5 + length) / 6) ** this ranks beams
     max_length_a: float = 1.5  # an output has at most a · source length + b tokens
     max_length_b: int = 10
     batch_size: int = 64  # sentences per batch (beams multiply the work)

@@ -149,3 +149,22 @@ def test_evaluate_takes_the_named_run_and_says_which(smoke_run, tmp_path, capsys
     # Without --run-name only en-fr runs count: the smoke run is not taken silently.
     assert evaluate.main(["--runs-dir", str(runs), *files]) == 2
     assert f"no trained model found under {runs / 'en-fr'}" in capsys.readouterr().err
+
+
+def test_evaluate_alpha_is_the_length_penalty_of_beam_search(smoke_run, tmp_path):
+    """A length penalty of 0 ranks beams by their summed log-probability, which
+    favours short outputs; 2 favours long ones. A negative one is refused."""
+    checkpoint = str(smoke_run / "checkpoints" / "best.pt")
+    captions = builtin_test_set("multi30k")
+    references = [first for first, *_ in captions.references[:40]]
+    (tmp_path / "src.en").write_text("\n".join(captions.sources[:40]) + "\n")
+    (tmp_path / "ref.fr").write_text("\n".join(references) + "\n")
+    files = ["--source", f"{tmp_path}/src.en", "--references", f"{tmp_path}/ref.fr"]
+    words = {}
+    for alpha in ("0", "2"):
+        output = tmp_path / f"alpha{alpha}"
+        arguments = ["--checkpoint", checkpoint, *files, "--beam", "4", "--alpha"]
+        assert evaluate.main([*arguments, alpha, "--output-dir", str(output)]) == 0
+        words[alpha] = len((output / "src.en.beam4.fr").read_text().split())
+    assert words["0"] < words["2"]
+    assert evaluate.main([*arguments, "-1"]) == 2
